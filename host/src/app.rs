@@ -1,0 +1,143 @@
+//! Wiring: builds every service from the settings, in order, and runs the
+//! first-start installation of the default catalog's packs.
+
+use crate::auth::AuthService;
+use crate::auth::keys::Bootstrap;
+use crate::bus::Bus;
+use crate::bus::inprocess::InProcessBus;
+use crate::jobs::JobService;
+use crate::jobs::dispatch::Dispatcher;
+use crate::jobs::repo::JobRepo;
+use crate::packs::PackRegistry;
+use crate::packs::catalog::CatalogSource;
+use crate::packs::install::PackInstaller;
+use crate::packs::runner::PackRunner;
+use crate::policy::PolicyService;
+use crate::runtime::{Runtime, World};
+use crate::schema::SchemaService;
+use crate::settings::ServeArgs;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Op, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The first-party components, built from `plugins/` by build.rs.
+pub const POLICY_RULES_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy_rules.wasm"));
+pub const JSON_SCHEMA_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/json_schema.wasm"));
+
+const INITIALIZED: &str = "sys:initialized";
+
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub runtime: Arc<Runtime>,
+    pub auth: AuthService,
+    pub policy: Arc<PolicyService>,
+    pub schemas: Arc<SchemaService>,
+    pub registry: Arc<PackRegistry>,
+    pub installer: PackInstaller,
+    pub jobs: JobService,
+    pub dispatcher: Arc<Dispatcher>,
+    pub started: Instant,
+    pub max_body_bytes: usize,
+}
+
+/// What the operator must see once.
+pub struct StartReport {
+    pub generated_key: Option<String>,
+    pub installed: Vec<String>,
+    pub recovered: usize,
+}
+
+impl App {
+    pub async fn start(args: &ServeArgs) -> anyhow::Result<(Arc<App>, StartReport)> {
+        let data = &args.data_dir;
+        std::fs::create_dir_all(data)?;
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(data)?);
+        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+        let limits = args.limits.resolve();
+        let runtime = Runtime::new(&data.join("cache"), limits.clone())?;
+
+        let env_key = std::env::var("CORDUM_API_KEY").ok();
+        let env_keys = std::env::var("CORDUM_API_KEYS").ok();
+        let (auth, bootstrap) =
+            AuthService::start(store.clone(), env_key.as_deref(), env_keys.as_deref(), &args.default_tenant)
+                .await
+                .map_err(anyhow::Error::msg)?;
+
+        let base = match &args.policy_file {
+            Some(path) => Some((format!("base:{}", path.display()), std::fs::read_to_string(path)?)),
+            None => None,
+        };
+        let policy_component = runtime.load(POLICY_RULES_WASM, World::Policy)?;
+        let policy = Arc::new(PolicyService::new(runtime.clone(), policy_component, store.clone(), base));
+        let schema_component = runtime.load(JSON_SCHEMA_WASM, World::Schema)?;
+        let schemas = Arc::new(SchemaService::new(runtime.clone(), schema_component));
+        let registry = Arc::new(PackRegistry::new());
+        let installer = PackInstaller {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            schemas: schemas.clone(),
+            policy: policy.clone(),
+            registry: registry.clone(),
+            data_dir: data.clone(),
+            default_limits: limits.pack,
+        };
+        installer.load_installed().await?;
+        policy.reload().await?;
+
+        // First start: install the default packs of every catalog.
+        let mut installed = Vec::new();
+        if store.get(INITIALIZED).await?.is_none() {
+            let mut sources = vec![CatalogSource::embedded()];
+            for path in &args.catalogs {
+                sources.push(CatalogSource::from_file(path).map_err(anyhow::Error::msg)?);
+            }
+            for source in &sources {
+                for entry in source.catalog.packs.iter().filter(|e| e.default) {
+                    if registry.pack(&entry.id).is_some() {
+                        continue;
+                    }
+                    let record = installer.install_from_catalog(source, entry, "system:first-start").await?;
+                    installed.push(format!("{}@{}", record.id, record.version));
+                }
+            }
+            let marker = serde_json::json!({"at": chrono::Utc::now(), "installed": installed});
+            store.apply(vec![Op::put_json(INITIALIZED, &marker)]).await?;
+        }
+
+        let repo = JobRepo::new(store.clone());
+        let runner = Arc::new(PackRunner::new(runtime.clone(), store.clone(), data.join("sandboxes")));
+        let dispatcher = Dispatcher::new(repo.clone(), bus.clone(), registry.clone(), runner, limits.pack_concurrency);
+        dispatcher.start_all().await.map_err(anyhow::Error::msg)?;
+        let jobs = JobService::new(
+            repo,
+            bus.clone(),
+            policy.clone(),
+            schemas.clone(),
+            registry.clone(),
+            Duration::from_secs(args.idempotency_ttl_seconds),
+        );
+        let recovered = dispatcher.recover(&jobs).await.map_err(anyhow::Error::msg)?;
+
+        let app = Arc::new(App {
+            store,
+            bus,
+            runtime,
+            auth,
+            policy,
+            schemas,
+            registry,
+            installer,
+            jobs,
+            dispatcher,
+            started: Instant::now(),
+            max_body_bytes: args.max_body_bytes,
+        });
+        let generated_key = match bootstrap {
+            Bootstrap::Generated(k) => Some(k),
+            _ => None,
+        };
+        Ok((app, StartReport { generated_key, installed, recovered }))
+    }
+}

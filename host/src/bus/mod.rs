@@ -1,0 +1,71 @@
+//! Dispatch and events behind one trait.
+//!
+//! Subjects follow NATS conventions (`job.hello-pack.echo`, `sys.job.result`,
+//! `*` for one token, `>` for the rest). A subscription with a queue group
+//! shares the messages of its subject with the group's other members (one
+//! receives each message), which is how pack workers take jobs; a plain
+//! subscription gets every message (events). The in-process implementation
+//! is the default; a NATS JetStream one can implement the same trait.
+
+pub mod inprocess;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+/// A message on the bus.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub subject: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("no subscriber for subject {0}")]
+    NoSubscriber(String),
+}
+
+/// Receiving side of a subscription; dropping it unsubscribes.
+pub type Subscription = mpsc::Receiver<Message>;
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    fn backend(&self) -> &'static str;
+    async fn health(&self) -> Result<(), BusError>;
+    /// Publish a message. Work subjects (with queue subscribers) fail with
+    /// `NoSubscriber` when nobody can take the message.
+    async fn publish(&self, message: Message) -> Result<(), BusError>;
+    /// Subscribe to `pattern`; with `queue_group`, messages are shared.
+    async fn subscribe(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription, BusError>;
+}
+
+/// Does a subject match a NATS-style pattern?
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => continue,
+            (Some(a), Some(b)) if a == b => continue,
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn wildcards() {
+        assert!(subject_matches("job.>", "job.hello-pack.echo"));
+        assert!(subject_matches("job.*.echo", "job.hello-pack.echo"));
+        assert!(!subject_matches("job.*", "job.hello-pack.echo"));
+        assert!(subject_matches("sys.job.result", "sys.job.result"));
+        assert!(!subject_matches("job.>", "job"));
+    }
+}

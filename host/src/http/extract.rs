@@ -1,0 +1,101 @@
+//! Request extractors: strict JSON bodies (size-capped, unknown fields
+//! refused with the field named) and the authenticated caller.
+
+use super::error::ApiError;
+use crate::auth::AuthContext;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+/// Largest body a JSON route reads; set per router as an extension.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON body parsed strictly. Empty bodies are refused unless the route
+/// uses [`JsonOrEmpty`].
+pub struct StrictJson<T>(pub T);
+
+/// Like [`StrictJson`] but an empty body means `{}`.
+pub struct JsonOrEmpty<T>(pub T);
+
+async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().copied().unwrap_or(BodyLimit(2 << 20)).0;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+        if len > limit {
+            return Err(ApiError::too_large(limit));
+        }
+    }
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        let ct = ct.to_ascii_lowercase();
+        if !ct.starts_with("application/json") && !ct.contains("+json") && !ct.starts_with("text/plain") {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json")
+                .code("unsupported_media_type"));
+        }
+    }
+    match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large { Err(ApiError::too_large(limit)) } else { Err(ApiError::bad_request("could not read the request body")) }
+        }
+    }
+}
+
+/// Turn a serde_json error into a 400 naming the field when it can.
+pub fn json_error(e: serde_json::Error) -> ApiError {
+    let text = e.to_string();
+    let mut err = ApiError::bad_request(format!("invalid json: {}", text.split(", expected").next().unwrap_or(&text)))
+        .code("invalid_json");
+    for marker in ["unknown field `", "missing field `", "duplicate field `"] {
+        if let Some(rest) = text.split(marker).nth(1) {
+            if let Some(field) = rest.split('`').next() {
+                err = err.with("field", field);
+            }
+        }
+    }
+    if let Some(rest) = text.split("invalid type").nth(1) {
+        err = err.with("detail", format!("invalid type{rest}"));
+    }
+    err
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        if empty_ok {
+            return serde_json::from_slice(b"{}").map_err(json_error);
+        }
+        return Err(ApiError::bad_request("request body is required").code("invalid_json"));
+    }
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        Ok(StrictJson(parse(&read_body(req).await?, false)?))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonOrEmpty<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        Ok(JsonOrEmpty(parse(&read_body(req).await?, true)?))
+    }
+}
+
+/// The authenticated caller and the tenant the request acts for.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub auth: AuthContext,
+    pub tenant: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(ApiError::unauthorized)
+    }
+}

@@ -1,0 +1,220 @@
+//! `POST /api/v1/jobs`, `GET /api/v1/jobs/{id}`.
+
+use super::error::ApiError;
+use super::extract::{Caller, StrictJson};
+use crate::app::App;
+use crate::auth::Role;
+use crate::jobs::{JobError, JobRecord, SubmitJob, SubmitOutcome};
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+fn job_error(e: JobError) -> ApiError {
+    match e {
+        JobError::Invalid(m) => ApiError::bad_request(m).code("invalid_request"),
+        JobError::TenantDenied => ApiError::forbidden("tenant access denied"),
+        JobError::UnknownTopic { topic, registered } => {
+            let truncated = registered.len() > 20;
+            ApiError::bad_request(format!("unknown topic {topic}"))
+                .code("unknown_topic")
+                .with("topic", topic)
+                .with("registered_topics", registered.into_iter().take(20).collect::<Vec<_>>())
+                .with("truncated", truncated)
+        }
+        JobError::SchemaViolations { schema_id, violations } => {
+            ApiError::bad_request(format!("input does not match schema {schema_id}"))
+                .code("schema_validation_failed")
+                .with("schema_id", schema_id)
+                .with("violations", serde_json::to_value(violations).unwrap_or_default())
+        }
+        JobError::IdempotencyConflict => ApiError::new(StatusCode::CONFLICT, "idempotency key already used with a different request")
+            .code("IDEMPOTENCY_CONFLICT"),
+        JobError::Throttled { reason, rule_id } => {
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, if reason.is_empty() { "policy throttled".into() } else { reason })
+                .code("policy_throttled")
+                .with("rule_id", rule_id);
+            e.retry_after = Some(30);
+            e
+        }
+        JobError::PolicyUnavailable(detail) => {
+            tracing::warn!(%detail, "policy check failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "policy check unavailable").code("policy_unavailable")
+        }
+        JobError::SchemaUnavailable(detail) => {
+            tracing::warn!(%detail, "schema check failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "schema check unavailable").code("schema_unavailable")
+        }
+        JobError::NotFound => ApiError::not_found("job not found"),
+        JobError::Store(detail) => ApiError::unavailable(detail),
+    }
+}
+
+/// The one idempotency key of a request, from any of the accepted places.
+fn idempotency_key(headers: &HeaderMap, query: Option<&str>, body: &SubmitJob) -> Result<Option<String>, ApiError> {
+    let mut keys: Vec<String> = Vec::new();
+    for name in ["idempotency-key", "x-idempotency-key"] {
+        if let Some(v) = headers.get(name) {
+            keys.push(v.to_str().map_err(|_| ApiError::bad_request("idempotency key must be visible ASCII"))?.to_string());
+        }
+    }
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == "idempotency_key" || k == "idempotency-key" {
+                keys.push(percent_decode(v));
+            }
+        }
+    }
+    keys.extend(body.idempotency_key.clone());
+    keys.extend(body.meta.as_ref().and_then(|m| m.idempotency_key.clone()));
+    let mut keys: Vec<String> = keys.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    keys.dedup();
+    keys.sort();
+    keys.dedup();
+    match keys.len() {
+        0 => Ok(None),
+        1 if keys[0].len() <= MAX_IDEMPOTENCY_KEY => Ok(keys.pop()),
+        1 => Err(ApiError::bad_request(format!("idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes")).code("invalid_request")),
+        _ => Err(ApiError::bad_request("different idempotency keys given in one request").code("invalid_request")),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        match (bytes[i], decoded) {
+            (_, Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn submit(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    StrictJson(body): StrictJson<SubmitJob>,
+) -> Result<Response, ApiError> {
+    if !caller.auth.has_role(&[Role::Admin, Role::User]) {
+        return Err(ApiError::forbidden("access denied"));
+    }
+    let key = idempotency_key(&headers, query.as_deref(), &body)?;
+    let outcome = app.jobs.submit(&caller.auth, &caller.tenant, body, key).await.map_err(job_error)?;
+    Ok(render_outcome(outcome))
+}
+
+fn render_outcome(outcome: SubmitOutcome) -> Response {
+    let (status, trace, body) = match outcome {
+        SubmitOutcome::Accepted { job_id, trace_id } => {
+            (StatusCode::OK, trace_id.clone(), json!({"job_id": job_id, "trace_id": trace_id}))
+        }
+        SubmitOutcome::ApprovalRequired { job_id, trace_id, reason, rule_id } => (
+            StatusCode::OK,
+            trace_id.clone(),
+            json!({"job_id": job_id, "trace_id": trace_id, "status": "approval_required", "reason": reason, "rule_id": rule_id}),
+        ),
+        SubmitOutcome::Denied { job_id, trace_id, decision } => {
+            let message = if decision.reason.is_empty() { "policy denied".to_string() } else { decision.reason.clone() };
+            (
+                StatusCode::FORBIDDEN,
+                trace_id.clone(),
+                json!({
+                    "error": message, "code": "policy_denied", "status": 403,
+                    "job_id": job_id, "trace_id": trace_id,
+                    "decision": decision.decision.as_str(), "rule_id": decision.rule_id,
+                    "reason": decision.reason, "policy_snapshot": decision.policy_snapshot,
+                }),
+            )
+        }
+    };
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&trace) {
+        response.headers_mut().insert("x-trace-id", v);
+    }
+    response
+}
+
+pub async fn get_job(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let job = app.jobs.get(&caller.tenant, &id).await.map_err(job_error)?;
+    Ok(Json(job_view(&job)))
+}
+
+/// The job as upstream's GET returns it, plus our `input`, `history`,
+/// `safety` and `error` objects.
+pub fn job_view(job: &JobRecord) -> Value {
+    let safety = job.safety.as_ref();
+    let mut view = json!({
+        "id": job.id,
+        "state": job.state.as_str(),
+        "trace_id": job.trace_id,
+        "topic": job.topic,
+        "tenant": job.tenant,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "input": job.input,
+        "context": job.input,
+        "context_ptr": format!("ctx:{}", job.id),
+        "result": job.result,
+        "result_ptr": job.result.as_ref().map(|_| format!("res:{}", job.id)),
+        "prompt": job.prompt,
+        "labels": job.labels,
+        "priority": job.priority,
+        "capability": job.capability,
+        "risk_tags": job.risk_tags,
+        "requires": job.requires,
+        "pack_id": job.pack_id,
+        "actor_id": job.actor_id,
+        "actor_type": job.actor_type,
+        "principal_id": job.principal_id,
+        "idempotency_key": job.idempotency_key,
+        "attempts": job.attempts,
+        "worker_id": job.worker_id,
+        "safety_decision": safety.map(|s| s.decision.decision.as_str()).unwrap_or(""),
+        "safety_reason": safety.map(|s| s.decision.reason.clone()).unwrap_or_default(),
+        "safety_rule_id": safety.map(|s| s.decision.rule_id.clone()).unwrap_or_default(),
+        "safety_snapshot": safety.map(|s| s.decision.policy_snapshot.clone()).unwrap_or_default(),
+        "safety_constraints": safety.and_then(|s| s.decision.constraints.clone()),
+        "safety_remediations": safety.map(|s| serde_json::to_value(&s.decision.remediations).unwrap_or_default()),
+        "approval_required": safety.is_some_and(|s| s.decision.approval_required),
+        "approval_ref": if safety.is_some_and(|s| s.decision.approval_required) { job.id.clone() } else { String::new() },
+        "safety": safety.map(|s| json!({
+            "decision": s.decision.decision.as_str(),
+            "rule_id": s.decision.rule_id,
+            "reason": s.decision.reason,
+            "policy_snapshot": s.decision.policy_snapshot,
+            "constraints": s.decision.constraints,
+            "remediations": s.decision.remediations,
+            "checked_at": s.checked_at,
+        })),
+        "output_safety": job.output_safety,
+        "history": job.history,
+        "error": job.error,
+    });
+    if let Some(err) = &job.error {
+        view["error_code"] = json!(err.code);
+        view["error_message"] = json!(err.message);
+    }
+    view
+}

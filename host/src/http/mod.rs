@@ -1,0 +1,42 @@
+//! The HTTP surface (axum): routers per route group, middleware and the one
+//! error type. Handlers are thin: parse, authorize, call a service, render.
+//!
+//! Middleware, outermost first: request id (echoed or generated), security
+//! headers, body-size precheck (413), authentication + tenant resolution for
+//! protected `/api/*` routes. Unknown paths and wrong methods answer with the
+//! error envelope too.
+
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod middleware;
+pub mod policy;
+pub mod system;
+
+use crate::app::App;
+use axum::Router;
+use axum::routing::{get, post};
+use error::ApiError;
+use std::sync::Arc;
+
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/auth/config", get(system::auth_config))
+        .route("/api/v1/status", get(system::status))
+        .route("/api/v1/jobs", post(jobs::submit))
+        .route("/api/v1/jobs/{id}", get(jobs::get_job))
+        .route("/api/v1/policy/evaluate", post(policy::evaluate))
+        .route("/api/v1/policy/explain", post(policy::explain));
+    Router::new()
+        .route("/health", get(system::health))
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("not found") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::authenticate))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::body_limit))
+        .layer(axum::middleware::from_fn(middleware::security_headers))
+        .layer(axum::middleware::from_fn(middleware::request_id))
+        .with_state(app)
+}

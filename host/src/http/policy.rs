@@ -1,0 +1,192 @@
+//! `POST /api/v1/policy/evaluate` and `/explain`: upstream's request shape,
+//! answered in upstream's protobuf-JSON shape; explain adds the trace.
+
+use super::error::ApiError;
+use super::extract::{Caller, StrictJson};
+use crate::app::App;
+use crate::auth::Role;
+use crate::policy::{PolicyDecision, PolicyError, PolicyRequest};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    #[serde(default)]
+    pub max_input_tokens: i64,
+    #[serde(default)]
+    pub max_output_tokens: i64,
+    #[serde(default)]
+    pub max_total_tokens: i64,
+    #[serde(default)]
+    pub deadline_ms: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateMeta {
+    #[serde(default)]
+    pub tenant_id: String,
+    #[serde(default)]
+    pub actor_id: String,
+    #[serde(default)]
+    pub actor_type: String,
+    #[serde(default)]
+    pub idempotency_key: String,
+    #[serde(default)]
+    pub capability: String,
+    #[serde(default)]
+    pub risk_tags: Vec<String>,
+    #[serde(default)]
+    pub requires: Vec<String>,
+    #[serde(default)]
+    pub pack_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Upstream's PolicyCheckRequest as JSON.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateBody {
+    #[serde(default)]
+    pub job_id: String,
+    #[serde(default)]
+    pub topic: String,
+    #[serde(default)]
+    pub tenant: String,
+    #[serde(default)]
+    pub org_id: String,
+    #[serde(default)]
+    pub team_id: String,
+    #[serde(default)]
+    pub workflow_id: String,
+    #[serde(default)]
+    pub step_id: String,
+    #[serde(default)]
+    pub principal_id: String,
+    #[serde(default)]
+    pub priority: String,
+    #[serde(default)]
+    pub estimated_cost: f64,
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub memory_id: String,
+    #[serde(default)]
+    pub effective_config: Option<Value>,
+    #[serde(default)]
+    pub meta: Option<EvaluateMeta>,
+    #[serde(default)]
+    pub action: Option<Value>,
+}
+
+fn to_request(caller: &Caller, body: EvaluateBody) -> Result<PolicyRequest, ApiError> {
+    if !caller.auth.has_role(&[Role::Admin]) {
+        return Err(ApiError::forbidden("access denied"));
+    }
+    let meta = body.meta.unwrap_or_default();
+    for named in [&body.tenant, &body.org_id, &meta.tenant_id] {
+        if !named.trim().is_empty() && named.trim() != caller.tenant {
+            return Err(ApiError::forbidden("tenant access denied"));
+        }
+    }
+    if body.topic.trim().is_empty() {
+        return Err(ApiError::bad_request("topic is required"));
+    }
+    let principal = if body.principal_id.is_empty() { caller.auth.principal_id.clone().unwrap_or_default() } else { body.principal_id };
+    let mut labels = meta.labels;
+    labels.extend(body.labels);
+    labels.remove("_action.descriptor_json");
+    if !body.workflow_id.is_empty() {
+        labels.entry("workflow_id".into()).or_insert(body.workflow_id);
+    }
+    Ok(PolicyRequest {
+        job_id: body.job_id,
+        topic: body.topic.trim().to_string(),
+        tenant: caller.tenant.clone(),
+        actor_id: if meta.actor_id.is_empty() { principal.clone() } else { meta.actor_id },
+        principal_id: principal,
+        actor_type: meta.actor_type,
+        capability: meta.capability,
+        risk_tags: meta.risk_tags,
+        requires: meta.requires,
+        pack_id: meta.pack_id,
+        labels,
+    })
+}
+
+fn policy_error(e: PolicyError) -> ApiError {
+    match e {
+        PolicyError::InvalidRequest(m) => ApiError::bad_request(m),
+        other => {
+            tracing::warn!(error = %other, "policy evaluation failed");
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream service error")
+        }
+    }
+}
+
+/// Upstream's protobuf-JSON decision (lowerCamelCase, int64 as strings).
+fn decision_json(d: &PolicyDecision, approval_ref: &str) -> Value {
+    let constraints = d.constraints.as_ref().map(|c| {
+        let b = c.get("budgets").cloned().unwrap_or(json!({}));
+        let num = |k: &str| b.get(k).and_then(Value::as_i64).unwrap_or(0);
+        json!({
+            "budgets": {
+                "maxRuntimeMs": num("max_runtime_ms").to_string(),
+                "maxRetries": num("max_retries"),
+                "maxArtifactBytes": num("max_artifact_bytes").to_string(),
+                "maxConcurrentJobs": num("max_concurrent_jobs"),
+            },
+            "sandbox": c.get("sandbox").cloned().unwrap_or(json!({})),
+            "toolchain": c.get("toolchain").cloned().unwrap_or(json!({})),
+            "diff": c.get("diff").cloned().unwrap_or(json!({})),
+            "redactionLevel": c.get("redaction_level").cloned().unwrap_or(json!("")),
+        })
+    });
+    json!({
+        "decision": d.decision.proto_name(),
+        "reason": d.reason,
+        "redactedContextPtr": "",
+        "policySnapshot": d.policy_snapshot,
+        "ruleId": d.rule_id,
+        "constraints": constraints,
+        "approvalRequired": d.approval_required,
+        "approvalRef": if d.approval_required { approval_ref } else { "" },
+        "remediations": d.remediations.iter().map(|r| json!({
+            "id": r.id, "title": r.title, "summary": r.summary,
+            "replacementTopic": r.replacement_topic, "replacementCapability": r.replacement_capability,
+            "addLabels": r.add_labels, "removeLabels": r.remove_labels,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn evaluate(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    StrictJson(body): StrictJson<EvaluateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let request = to_request(&caller, body)?;
+    let decision = app.policy.evaluate(&caller.tenant, &request).map_err(policy_error)?;
+    Ok(Json(decision_json(&decision, &request.job_id)))
+}
+
+pub async fn explain(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    StrictJson(body): StrictJson<EvaluateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let request = to_request(&caller, body)?;
+    let (decision, trace, defaulted) = app.policy.explain(&caller.tenant, &request).map_err(policy_error)?;
+    let mut out = decision_json(&decision, &request.job_id);
+    out["defaulted"] = json!(defaulted);
+    out["trace"] = serde_json::to_value(trace).unwrap_or_default();
+    Ok(Json(out))
+}

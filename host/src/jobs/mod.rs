@@ -1,0 +1,11 @@
+//! Jobs: submission (validation, idempotency, schema, policy, persistence,
+//! dispatch), reading, and the in-process dispatcher that runs jobs on pack
+//! components.
+
+pub mod dispatch;
+pub mod model;
+pub mod repo;
+pub mod submit;
+
+pub use model::{JobRecord, JobState};
+pub use submit::{JobError, JobService, SubmitJob, SubmitOutcome};

@@ -1,0 +1,107 @@
+//! Job persistence: the record under `job:<id>`, a per-tenant listing index
+//! (`jobidx:<tenant>:<reverse time>:<id>`, newest first) and the set of jobs
+//! still in flight (`jobactive:<id>`) that is re-dispatched after a restart.
+//! Updates are compare-and-set on the record's revision.
+
+use super::model::{JobRecord, JobState};
+use crate::store::{BatchOutcome, Entry, Op, Store, StoreError, to_json};
+use std::sync::Arc;
+
+pub const JOB_PREFIX: &str = "job:";
+pub const ACTIVE_PREFIX: &str = "jobactive:";
+
+pub fn job_key(id: &str) -> String {
+    format!("{JOB_PREFIX}{id}")
+}
+
+fn index_key(job: &JobRecord) -> String {
+    let micros = job.created_at.timestamp_micros().max(0) as u64;
+    format!("jobidx:{}:{:020}:{}", job.tenant, u64::MAX - micros, job.id)
+}
+
+fn active_key(id: &str) -> String {
+    format!("{ACTIVE_PREFIX}{id}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("job {0} kept changing; gave up updating it")]
+    Contended(String),
+}
+
+#[derive(Clone)]
+pub struct JobRepo {
+    store: Arc<dyn Store>,
+}
+
+impl JobRepo {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The ops that create a new job (record, index, in-flight marker).
+    pub fn create_ops(job: &JobRecord) -> Vec<Op> {
+        let mut ops = vec![
+            Op::PutIfAbsent { key: job_key(&job.id), value: to_json(job), ttl: None },
+            Op::Put { key: index_key(job), value: job.id.as_bytes().to_vec(), ttl: None },
+        ];
+        if !job.state.is_terminal() {
+            ops.push(Op::Put { key: active_key(&job.id), value: job.tenant.as_bytes().to_vec(), ttl: None });
+        }
+        ops
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<(JobRecord, u64)>, RepoError> {
+        match self.store.get(&job_key(id)).await? {
+            Some(Entry { value, revision }) => {
+                let job: JobRecord =
+                    serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(Some((job, revision)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Read-modify-write with compare-and-set. `change` returns false to
+    /// leave the job as it is. Returns the job as stored afterwards.
+    pub async fn update<F>(&self, id: &str, mut change: F) -> Result<(JobRecord, bool), RepoError>
+    where
+        F: FnMut(&mut JobRecord) -> bool,
+    {
+        for _ in 0..32 {
+            let (mut job, revision) = self.get(id).await?.ok_or_else(|| RepoError::NotFound(id.to_string()))?;
+            if !change(&mut job) {
+                return Ok((job, false));
+            }
+            let mut ops =
+                vec![Op::PutIfRevision { key: job_key(id), value: to_json(&job), expected: revision, ttl: None }];
+            if job.state.is_terminal() {
+                ops.push(Op::Delete { key: active_key(id) });
+            }
+            match self.store.apply(ops).await? {
+                BatchOutcome::Applied(_) => return Ok((job, true)),
+                BatchOutcome::Conflict { .. } => continue,
+            }
+        }
+        Err(RepoError::Contended(id.to_string()))
+    }
+
+    /// Jobs still in flight (for recovery after a restart).
+    pub async fn in_flight(&self) -> Result<Vec<String>, RepoError> {
+        let items = self.store.scan(ACTIVE_PREFIX, None, 1_000_000).await?;
+        Ok(items.into_iter().map(|(k, _)| k[ACTIVE_PREFIX.len()..].to_string()).collect())
+    }
+
+    /// A convenience for states: is the stored job in `state`?
+    pub async fn state_of(&self, id: &str) -> Result<Option<JobState>, RepoError> {
+        Ok(self.get(id).await?.map(|(j, _)| j.state))
+    }
+}

@@ -1,0 +1,59 @@
+//! The `cordum` binary: `cordum serve` runs the gateway.
+
+use clap::{Parser, Subcommand};
+use cordum::app::App;
+use cordum::settings::ServeArgs;
+
+#[derive(Parser)]
+#[command(name = "cordum", version, about = "Cordum-compatible control-plane gateway hosting WebAssembly plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (embedded store and in-process bus by default).
+    Serve(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORDUM_LOG").unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (app, report) = App::start(&args).await?;
+    if let Some(key) = &report.generated_key {
+        // Printed once, on the first start; only its digest is stored.
+        println!("CORDUM_BOOTSTRAP_API_KEY={key}");
+        eprintln!("Generated the bootstrap admin API key (shown once, stored only as a hash):\n  {key}");
+    }
+    for pack in &report.installed {
+        tracing::info!(%pack, "installed default pack");
+    }
+    if report.recovered > 0 {
+        tracing::info!(jobs = report.recovered, "re-dispatched jobs that were in flight");
+    }
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let addr = listener.local_addr()?;
+    println!("CORDUM_LISTENING={addr}");
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "cordum gateway listening");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    axum::serve(listener, cordum::http::router(app))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Installing a pack, all or nothing: verify the bundle digest, unpack with
+//! guards, validate the manifest, check every schema with the schema
+//! component, check the policy fragments together with the active policy,
+//! load (precompile) the component, and only then write everything in one
+//! atomic store batch and activate it (policy snapshot, schemas, topics).
+//! A failure names the step and leaves nothing behind.
+
+use super::archive::{UnpackLimits, read_bundle};
+use super::catalog::{CatalogEntry, CatalogSource};
+use super::manifest::Manifest;
+use super::registry::{ComponentRecord, InstalledPack, PACK_PREFIX, PackRecord, PackRegistry, PackSource};
+use crate::json_merge::merge_patch;
+use crate::policy::{BUNDLE_PREFIX, PolicyService, StoredBundle};
+use crate::runtime::sandbox::SandboxLimits;
+use crate::runtime::{Runtime, World};
+use crate::schema::{SCHEMA_PREFIX, SchemaDoc, SchemaService};
+use crate::store::{BatchOutcome, Op, Store, to_json};
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const SYSTEM_CONFIG_KEY: &str = "cfg:system:default";
+
+#[derive(Debug, thiserror::Error)]
+#[error("pack install failed at step {step}: {message}")]
+pub struct InstallError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+fn fail(step: &'static str) -> impl Fn(String) -> InstallError {
+    move |message| InstallError { step, message }
+}
+
+pub struct PackInstaller {
+    pub store: Arc<dyn Store>,
+    pub runtime: Arc<Runtime>,
+    pub schemas: Arc<SchemaService>,
+    pub policy: Arc<PolicyService>,
+    pub registry: Arc<PackRegistry>,
+    pub data_dir: PathBuf,
+    pub default_limits: SandboxLimits,
+}
+
+impl PackInstaller {
+    fn component_path(&self, digest: &str) -> (String, PathBuf) {
+        let rel = format!("components/{digest}.wasm");
+        (rel.clone(), self.data_dir.join(rel))
+    }
+
+    fn limits_for(&self, record: &PackRecord) -> SandboxLimits {
+        match &record.component {
+            Some(c) => SandboxLimits { memory_bytes: c.max_memory_bytes, timeout: Duration::from_millis(c.timeout_ms) },
+            None => self.default_limits,
+        }
+    }
+
+    /// Load what earlier runs installed: schemas, components, topics.
+    pub async fn load_installed(&self) -> Result<usize, InstallError> {
+        let step = fail("load");
+        for (_, entry) in self.store.scan(SCHEMA_PREFIX, None, 100_000).await.map_err(|e| step(e.to_string()))? {
+            let doc: SchemaDoc = entry.json().map_err(|e| step(e.to_string()))?;
+            self.schemas.register(doc);
+        }
+        let mut count = 0;
+        for (_, entry) in self.store.scan(PACK_PREFIX, None, 100_000).await.map_err(|e| step(e.to_string()))? {
+            let record: PackRecord = entry.json().map_err(|e| step(e.to_string()))?;
+            if record.status != "ACTIVE" {
+                continue;
+            }
+            let component = match &record.component {
+                Some(c) => {
+                    let bytes = std::fs::read(self.data_dir.join(&c.file))
+                        .map_err(|e| step(format!("component of {}: {e}", record.id)))?;
+                    Some(self.runtime.load(&bytes, World::Pack).map_err(|e| step(e.to_string()))?)
+                }
+                None => None,
+            };
+            let limits = self.limits_for(&record);
+            self.registry.insert(InstalledPack { record, component, limits });
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    pub async fn install_from_catalog(
+        &self,
+        source: &CatalogSource,
+        entry: &CatalogEntry,
+        installed_by: &str,
+    ) -> Result<PackRecord, InstallError> {
+        let bytes = source.fetch_bundle(entry).map_err(fail("fetch"))?;
+        let origin = PackSource { catalog: source.name.clone(), url: entry.url.clone(), sha256: entry.sha256.clone() };
+        self.install_bundle(&bytes, &entry.sha256, origin, installed_by).await
+    }
+
+    pub async fn install_bundle(
+        &self,
+        bytes: &[u8],
+        expected_sha256: &str,
+        origin: PackSource,
+        installed_by: &str,
+    ) -> Result<PackRecord, InstallError> {
+        let actual = hex::encode(Sha256::digest(bytes));
+        if !actual.eq_ignore_ascii_case(expected_sha256.trim()) {
+            return Err(fail("digest")(format!("bundle sha256 {actual} does not match the expected {expected_sha256}")));
+        }
+        let files: HashMap<String, Vec<u8>> = read_bundle(bytes, UnpackLimits::default())
+            .map_err(|e| fail("unpack")(e.to_string()))?
+            .into_iter()
+            .collect();
+        let read = |path: &str, step: &'static str| {
+            files.get(path.trim_start_matches("./")).ok_or_else(|| fail(step)(format!("{path} is missing from the bundle")))
+        };
+        let manifest_bytes = files
+            .get("pack.yaml")
+            .or_else(|| files.get("pack.yml"))
+            .ok_or_else(|| fail("manifest")("pack.yaml is missing from the bundle".into()))?;
+        let manifest = Manifest::parse(manifest_bytes).map_err(fail("manifest"))?;
+        let id = manifest.metadata.id.clone();
+
+        // Ownership: a pack id installs once; topics belong to one pack.
+        let existing = self.store.get(&format!("{PACK_PREFIX}{id}")).await.map_err(|e| fail("ownership")(e.to_string()))?;
+        let expected_revision = match &existing {
+            Some(entry) => {
+                let record: PackRecord = entry.json().map_err(|e| fail("ownership")(e.to_string()))?;
+                if record.status == "ACTIVE" {
+                    return Err(fail("ownership")(format!("pack {id} is already installed (version {})", record.version)));
+                }
+                entry.revision
+            }
+            None => 0,
+        };
+        for topic in &manifest.topics {
+            if let Some(owner) = self.registry.topic(&topic.name).filter(|t| t.pack_id != id) {
+                return Err(fail("ownership")(format!("topic {} is owned by pack {}", topic.name, owner.pack_id)));
+            }
+        }
+
+        // Schemas: parse and compile each in the schema component.
+        let mut schema_docs = Vec::new();
+        let mut schema_digests = BTreeMap::new();
+        for res in &manifest.resources.schemas {
+            let raw = read(&res.path, "schemas")?;
+            let value: serde_json::Value = serde_yaml::from_slice(raw)
+                .map_err(|e| fail("schemas")(format!("schema {}: {e}", res.id)))?;
+            if !value.is_object() {
+                return Err(fail("schemas")(format!("schema {} is not an object", res.id)));
+            }
+            self.schemas.check_schema(&value).map_err(|e| fail("schemas")(format!("schema {}: {e}", res.id)))?;
+            let doc = SchemaDoc::new(&res.id, value, Some(id.clone()));
+            schema_digests.insert(doc.id.clone(), doc.sha256.clone());
+            schema_docs.push(doc);
+        }
+
+        // Workflows: stored as JSON documents.
+        let mut workflows = Vec::new();
+        let mut workflow_digests = BTreeMap::new();
+        for res in &manifest.resources.workflows {
+            let raw = read(&res.path, "workflows")?;
+            let value: serde_json::Value = serde_yaml::from_slice(raw)
+                .map_err(|e| fail("workflows")(format!("workflow {}: {e}", res.id)))?;
+            if !value.is_object() {
+                return Err(fail("workflows")(format!("workflow {} is not an object", res.id)));
+            }
+            workflow_digests.insert(res.id.clone(), hex::encode(Sha256::digest(value.to_string().as_bytes())));
+            workflows.push((res.id.clone(), value));
+        }
+
+        // Policy fragments: checked together with the active policy.
+        let mut fragments = Vec::new();
+        for overlay in &manifest.overlays.policy {
+            let raw = read(&overlay.path, "policy")?;
+            let content = String::from_utf8(raw.clone())
+                .map_err(|_| fail("policy")(format!("fragment {} is not UTF-8", overlay.path)))?;
+            fragments.push((format!("{id}/{}", if overlay.name.is_empty() { "default" } else { &overlay.name }), content));
+        }
+        if !fragments.is_empty() {
+            let diags = self.policy.check_with(&fragments).map_err(|e| fail("policy")(e.to_string()))?;
+            if !diags.is_empty() {
+                let text = diags
+                    .iter()
+                    .map(|d| format!("{} line {} column {}: {}", d.bundle_id, d.line, d.column, d.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(fail("policy")(text));
+            }
+        }
+
+        // Component: linked against the pack world and precompiled.
+        let mut component = None;
+        let mut component_record = None;
+        if let Some(spec) = &manifest.component {
+            let wasm = read(&spec.path, "component")?;
+            let loaded = self.runtime.load(wasm, World::Pack).map_err(|e| fail("component")(e.to_string()))?;
+            let (rel, path) = self.component_path(&loaded.digest);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| fail("component")(e.to_string()))?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, wasm)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| fail("component")(e.to_string()))?;
+            let memory = spec.limits.max_memory_bytes.unwrap_or(self.default_limits.memory_bytes);
+            let timeout = spec.limits.timeout_ms.unwrap_or(self.default_limits.timeout.as_millis() as u64);
+            component_record = Some(ComponentRecord {
+                digest: loaded.digest.clone(),
+                world: spec.world.clone(),
+                file: rel,
+                max_memory_bytes: memory.min(self.runtime.limits.max_memory_bytes),
+                timeout_ms: timeout.min(self.default_limits.timeout.as_millis() as u64).max(1),
+            });
+            component = Some(loaded);
+        }
+
+        // Config overlays merged into the system config document.
+        let mut ops = Vec::new();
+        if !manifest.overlays.config.is_empty() {
+            let current = self.store.get(SYSTEM_CONFIG_KEY).await.map_err(|e| fail("config")(e.to_string()))?;
+            let (mut doc, revision) = match &current {
+                Some(e) => (e.json::<serde_json::Value>().map_err(|e| fail("config")(e.to_string()))?, e.revision),
+                None => (serde_json::json!({"scope": "system", "scope_id": "default", "data": {}}), 0),
+            };
+            for overlay in &manifest.overlays.config {
+                let raw = read(&overlay.path, "config")?;
+                let patch: serde_json::Value = serde_yaml::from_slice(raw)
+                    .map_err(|e| fail("config")(format!("overlay {}: {e}", overlay.name)))?;
+                if !patch.is_object() {
+                    return Err(fail("config")(format!("overlay {} is not an object", overlay.name)));
+                }
+                merge_patch(&mut doc["data"][&overlay.key], &patch);
+            }
+            doc["updated_at"] = serde_json::json!(Utc::now());
+            ops.push(Op::PutIfRevision { key: SYSTEM_CONFIG_KEY.into(), value: to_json(&doc), expected: revision, ttl: None });
+        }
+
+        let now = Utc::now();
+        let record = PackRecord {
+            id: id.clone(),
+            version: manifest.metadata.version.clone(),
+            status: "ACTIVE".into(),
+            installed_at: now,
+            installed_by: installed_by.to_string(),
+            manifest: manifest.clone(),
+            schemas: schema_digests,
+            workflows: workflow_digests,
+            policy_fragments: fragments.iter().map(|(b, _)| b.clone()).collect(),
+            component: component_record,
+            source: origin,
+        };
+        ops.push(Op::PutIfRevision {
+            key: format!("{PACK_PREFIX}{id}"),
+            value: to_json(&record),
+            expected: expected_revision,
+            ttl: None,
+        });
+        for doc in &schema_docs {
+            ops.push(Op::put_json(format!("{SCHEMA_PREFIX}{}", doc.id), doc));
+        }
+        for (wf_id, value) in &workflows {
+            ops.push(Op::put_json(format!("workflow:{wf_id}"), value));
+        }
+        for (bundle_id, content) in &fragments {
+            let bundle = StoredBundle {
+                id: bundle_id.clone(),
+                content: content.clone(),
+                source: "pack".into(),
+                enabled: true,
+                sha256: hex::encode(Sha256::digest(content.as_bytes())),
+                updated_at: now,
+            };
+            ops.push(Op::put_json(format!("{BUNDLE_PREFIX}{bundle_id}"), &bundle));
+        }
+        match self.store.apply(ops).await.map_err(|e| fail("store")(e.to_string()))? {
+            BatchOutcome::Applied(_) => {}
+            BatchOutcome::Conflict { .. } => {
+                return Err(fail("store")("a concurrent change touched this pack or the config; nothing was written".into()));
+            }
+        }
+
+        // Activate: schemas, policy snapshot, topics and component.
+        for doc in schema_docs {
+            self.schemas.register(doc);
+        }
+        self.policy.reload().await.map_err(|e| fail("activate")(e.to_string()))?;
+        let limits = self.limits_for(&record);
+        self.registry.insert(InstalledPack { record: record.clone(), component, limits });
+        tracing::info!(pack = %id, version = %record.version, "pack installed");
+        Ok(record)
+    }
+}

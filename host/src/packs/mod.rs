@@ -1,0 +1,11 @@
+//! Packs: manifests, bundle archives, catalogs, installation and the
+//! in-memory registry of what is installed (topics, components).
+
+pub mod archive;
+pub mod catalog;
+pub mod install;
+pub mod manifest;
+pub mod registry;
+pub mod runner;
+
+pub use registry::{InstalledPack, PackRecord, PackRegistry, TopicEntry};

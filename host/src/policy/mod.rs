@@ -1,0 +1,294 @@
+//! Policy: the active rule set and the bridge to policy components.
+//!
+//! The active policy is a snapshot: the base policy file (if configured)
+//! followed by every enabled bundle in the store (pack fragments and, later,
+//! user bundles) in bundle-id order. Its id is derived from the content, as
+//! upstream does (`<version>:<sha>|cfg:<sha>`). Decisions are made by the
+//! policy component (first-party: the rules engine) inside the calling
+//! tenant's sandbox: each tenant has its own warm instances, loaded with the
+//! snapshot they evaluate; an instance that traps is discarded.
+
+pub mod model;
+
+use crate::runtime::sandbox::SandboxLimits;
+use crate::runtime::warm::WarmPool;
+use crate::runtime::{HostState, LoadedComponent, PluginContext, PluginError, Prepared, Runtime};
+use crate::store::{Store, StoreError};
+use cordum_bindings::policy::PolicyPlugin;
+use cordum_bindings::policy::cordum::policy::types as wit;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+pub use model::{DecisionKind, PolicyDecision, PolicyRequest, Remediation, TraceEntry};
+
+/// Store key prefix of policy bundles.
+pub const BUNDLE_PREFIX: &str = "policy:bundle:";
+
+/// A stored bundle (a pack's policy fragment or a user's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredBundle {
+    pub id: String,
+    pub content: String,
+    /// `pack` or `user`.
+    pub source: String,
+    pub enabled: bool,
+    pub sha256: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An immutable rule set as evaluated.
+#[derive(Debug, Clone)]
+pub struct PolicySnapshot {
+    pub id: String,
+    pub bundles: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+    #[error("policy bundle invalid: {}", format_diagnostics(.0))]
+    InvalidBundle(Vec<Diagnostic>),
+    #[error("no policy loaded")]
+    NoPolicy,
+    #[error("invalid policy request: {0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnostic {
+    pub bundle_id: String,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+fn format_diagnostics(d: &[Diagnostic]) -> String {
+    d.iter()
+        .map(|d| format!("{} line {} column {}: {}", d.bundle_id, d.line, d.column, d.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+struct WarmPolicy {
+    store: wasmtime::Store<HostState>,
+    bindings: PolicyPlugin,
+    loaded: String,
+}
+
+pub struct PolicyService {
+    runtime: Arc<Runtime>,
+    component: LoadedComponent,
+    store: Arc<dyn Store>,
+    base: Option<(String, String)>,
+    active: RwLock<Arc<PolicySnapshot>>,
+    warm: WarmPool<WarmPolicy>,
+    limits: SandboxLimits,
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Snapshot id as upstream computes it: `<version>:<sha>` for the base file,
+/// `cfg:<sha over id\0content...>` for bundles, joined by `|`.
+fn snapshot_id(base: Option<&(String, String)>, bundles: &[(String, String)]) -> String {
+    let mut parts = Vec::new();
+    if let Some((_, content)) = base {
+        let version = serde_yaml::from_str::<serde_yaml::Value>(content)
+            .ok()
+            .and_then(|v| v.get("version").and_then(|v| v.as_str().map(str::to_string)))
+            .filter(|v| !v.is_empty());
+        let sha = sha_hex(content.as_bytes());
+        parts.push(match version {
+            Some(v) => format!("{v}:{sha}"),
+            None => sha,
+        });
+    }
+    if !bundles.is_empty() {
+        let mut h = Sha256::new();
+        for (id, content) in bundles {
+            h.update(id.as_bytes());
+            h.update([0u8]);
+            h.update(content.as_bytes());
+        }
+        parts.push(format!("cfg:{}", hex::encode(h.finalize())));
+    }
+    if parts.is_empty() { "empty".to_string() } else { parts.join("|") }
+}
+
+impl PolicyService {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        component: LoadedComponent,
+        store: Arc<dyn Store>,
+        base: Option<(String, String)>,
+    ) -> Self {
+        let limits = runtime.limits.plugin;
+        let empty = Arc::new(PolicySnapshot { id: snapshot_id(base.as_ref(), &[]), bundles: Vec::new() });
+        Self { runtime, component, store, base, active: RwLock::new(empty), warm: WarmPool::new(8), limits }
+    }
+
+    pub fn active(&self) -> Arc<PolicySnapshot> {
+        self.active.read().clone()
+    }
+
+    /// Rebuild the active snapshot from the store and swap it in atomically.
+    /// The new rules are validated first; on error the old snapshot stays.
+    pub async fn reload(&self) -> Result<Arc<PolicySnapshot>, PolicyError> {
+        let mut bundles = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.scan(BUNDLE_PREFIX, after.as_deref(), 256).await?;
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|(k, _)| k.clone());
+            for (_, entry) in page {
+                let bundle: StoredBundle = entry.json()?;
+                if bundle.enabled {
+                    bundles.push((bundle.id, bundle.content));
+                }
+            }
+        }
+        bundles.sort_by(|a, b| a.0.cmp(&b.0));
+        let snapshot = self.snapshot_from(bundles);
+        let diags = self.check(&snapshot.bundles_with_base(self.base.as_ref()))?;
+        if !diags.is_empty() {
+            return Err(PolicyError::InvalidBundle(diags));
+        }
+        let snapshot = Arc::new(snapshot);
+        *self.active.write() = snapshot.clone();
+        Ok(snapshot)
+    }
+
+    fn snapshot_from(&self, bundles: Vec<(String, String)>) -> PolicySnapshot {
+        PolicySnapshot { id: snapshot_id(self.base.as_ref(), &bundles), bundles }
+    }
+
+    /// Validate bundles (in merge order) with the policy component.
+    pub fn check(&self, bundles: &[(String, String)]) -> Result<Vec<Diagnostic>, PolicyError> {
+        let wit_bundles: Vec<wit::Bundle> =
+            bundles.iter().map(|(id, content)| wit::Bundle { id: id.clone(), content: content.clone() }).collect();
+        let mut instance = self.instantiate("system")?;
+        let out = instance.bindings.cordum_policy_evaluator().call_check(&mut instance.store, &wit_bundles);
+        match out {
+            Ok(diags) => Ok(diags.into_iter().map(Diagnostic::from).collect()),
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        }
+    }
+
+    /// Would `extra` (a bundle id and content) keep the policy valid?
+    pub fn check_with(&self, extra: &[(String, String)]) -> Result<Vec<Diagnostic>, PolicyError> {
+        let mut bundles = self.active().bundles.clone();
+        for (id, content) in extra {
+            bundles.retain(|(b, _)| b != id);
+            bundles.push((id.clone(), content.clone()));
+        }
+        bundles.sort_by(|a, b| a.0.cmp(&b.0));
+        self.check(&self.snapshot_from(bundles).bundles_with_base(self.base.as_ref()))
+    }
+
+    fn instantiate(&self, tenant: &str) -> Result<WarmPolicy, PluginError> {
+        let Prepared::Policy(pre) = &self.component.prepared else {
+            return Err(PluginError::Instantiate("not a policy component".into()));
+        };
+        let ctx = PluginContext {
+            tenant: tenant.to_string(),
+            plugin: "policy".into(),
+            kv: None,
+            config: Arc::new(serde_json::json!({})),
+        };
+        let mut store = self.runtime.new_store(ctx, self.limits, None)?;
+        let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
+        Ok(WarmPolicy { store, bindings, loaded: String::new() })
+    }
+
+    /// Run `f` on a warm instance of `tenant` loaded with the active snapshot.
+    fn with_instance<T>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce(&mut WarmPolicy) -> wasmtime::Result<Result<T, wit::PolicyError>>,
+    ) -> Result<(T, Arc<PolicySnapshot>), PolicyError> {
+        let snapshot = self.active();
+        let mut instance = match self.warm.take(tenant) {
+            Some(i) => i,
+            None => self.instantiate(tenant)?,
+        };
+        self.runtime.arm(&mut instance.store, self.limits);
+        if instance.loaded != snapshot.id {
+            let bundles: Vec<wit::Bundle> = snapshot
+                .bundles_with_base(self.base.as_ref())
+                .into_iter()
+                .map(|(id, content)| wit::Bundle { id, content })
+                .collect();
+            match instance.bindings.cordum_policy_evaluator().call_load(&mut instance.store, &bundles) {
+                Ok(Ok(_)) => instance.loaded = snapshot.id.clone(),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+            }
+        }
+        match f(&mut instance) {
+            Ok(Ok(value)) => {
+                self.warm.give_back(tenant, instance);
+                Ok((value, snapshot))
+            }
+            Ok(Err(e)) => {
+                self.warm.give_back(tenant, instance);
+                Err(e.into())
+            }
+            // A trap poisons the instance: drop it, the next call builds a new one.
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        }
+    }
+
+    /// Decide a request for `tenant` under the active snapshot.
+    pub fn evaluate(&self, tenant: &str, request: &PolicyRequest) -> Result<PolicyDecision, PolicyError> {
+        let req = request.to_wit();
+        let (decision, snapshot) = self.with_instance(tenant, |i| {
+            i.bindings.cordum_policy_evaluator().call_evaluate(&mut i.store, &req)
+        })?;
+        Ok(PolicyDecision::from_wit(decision, &snapshot.id))
+    }
+
+    /// Decide and return the trace of every rule considered.
+    pub fn explain(
+        &self,
+        tenant: &str,
+        request: &PolicyRequest,
+    ) -> Result<(PolicyDecision, Vec<TraceEntry>, bool), PolicyError> {
+        let req = request.to_wit();
+        let (explanation, snapshot) = self.with_instance(tenant, |i| {
+            i.bindings.cordum_policy_evaluator().call_explain(&mut i.store, &req)
+        })?;
+        let trace = explanation.trace.into_iter().map(TraceEntry::from).collect();
+        Ok((PolicyDecision::from_wit(explanation.decision, &snapshot.id), trace, explanation.defaulted))
+    }
+}
+
+impl PolicySnapshot {
+    /// The bundles in merge order, the base policy first.
+    pub fn bundles_with_base(&self, base: Option<&(String, String)>) -> Vec<(String, String)> {
+        base.cloned().into_iter().chain(self.bundles.iter().cloned()).collect()
+    }
+}
+
+impl From<wit::Diagnostic> for Diagnostic {
+    fn from(d: wit::Diagnostic) -> Self {
+        Diagnostic { bundle_id: d.bundle_id, line: d.line, column: d.column, message: d.message }
+    }
+}
+
+impl From<wit::PolicyError> for PolicyError {
+    fn from(e: wit::PolicyError) -> Self {
+        match e {
+            wit::PolicyError::InvalidBundle(d) => PolicyError::InvalidBundle(d.into_iter().map(Diagnostic::from).collect()),
+            wit::PolicyError::NoPolicy => PolicyError::NoPolicy,
+            wit::PolicyError::InvalidRequest(m) => PolicyError::InvalidRequest(m),
+        }
+    }
+}

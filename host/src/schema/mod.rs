@@ -1,0 +1,149 @@
+//! JSON Schemas: the registry of schemas packs register (global: a schema
+//! belongs to a pack, and packs are installed for the whole gateway) and the
+//! bridge to the schema component, which compiles and validates inside the
+//! calling tenant's sandbox (warm instances per tenant, compiled schemas kept
+//! by content hash).
+
+use crate::runtime::sandbox::SandboxLimits;
+use crate::runtime::warm::WarmPool;
+use crate::runtime::{HostState, LoadedComponent, PluginContext, PluginError, Prepared, Runtime};
+use cordum_bindings::schema::SchemaPlugin;
+use cordum_bindings::schema::exports::cordum::schema::validator as wit;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Store key prefix of registered schemas.
+pub const SCHEMA_PREFIX: &str = "schema:";
+
+/// A registered schema.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SchemaDoc {
+    pub id: String,
+    pub schema: serde_json::Value,
+    pub sha256: String,
+    /// Pack that registered it, if any.
+    #[serde(default)]
+    pub pack_id: Option<String>,
+}
+
+impl SchemaDoc {
+    pub fn new(id: &str, schema: serde_json::Value, pack_id: Option<String>) -> Self {
+        let text = schema.to_string();
+        SchemaDoc { id: id.to_string(), sha256: hex::encode(Sha256::digest(text.as_bytes())), schema, pack_id }
+    }
+}
+
+/// One failed check of a document.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Violation {
+    pub instance_path: String,
+    pub schema_path: String,
+    pub keyword: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("unknown schema {0}")]
+    Unknown(String),
+    #[error("invalid schema: {0}")]
+    InvalidSchema(String),
+    #[error("invalid document: {0}")]
+    InvalidDocument(String),
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+}
+
+struct WarmSchema {
+    store: wasmtime::Store<HostState>,
+    bindings: SchemaPlugin,
+}
+
+pub struct SchemaService {
+    runtime: Arc<Runtime>,
+    component: LoadedComponent,
+    warm: WarmPool<WarmSchema>,
+    schemas: RwLock<HashMap<String, Arc<(SchemaDoc, String)>>>,
+    limits: SandboxLimits,
+}
+
+impl SchemaService {
+    pub fn new(runtime: Arc<Runtime>, component: LoadedComponent) -> Self {
+        let limits = runtime.limits.plugin;
+        Self { runtime, component, warm: WarmPool::new(8), schemas: RwLock::new(HashMap::new()), limits }
+    }
+
+    /// Make a schema available for validation (after it was stored).
+    pub fn register(&self, doc: SchemaDoc) {
+        let text = doc.schema.to_string();
+        self.schemas.write().insert(doc.id.clone(), Arc::new((doc, text)));
+    }
+
+    pub fn get(&self, id: &str) -> Option<SchemaDoc> {
+        self.schemas.read().get(id).map(|d| d.0.clone())
+    }
+
+    fn instantiate(&self, tenant: &str) -> Result<WarmSchema, PluginError> {
+        let Prepared::Schema(pre) = &self.component.prepared else {
+            return Err(PluginError::Instantiate("not a schema component".into()));
+        };
+        let ctx = PluginContext {
+            tenant: tenant.to_string(),
+            plugin: "schema".into(),
+            kv: None,
+            config: Arc::new(serde_json::json!({})),
+        };
+        let mut store = self.runtime.new_store(ctx, self.limits, None)?;
+        let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
+        Ok(WarmSchema { store, bindings })
+    }
+
+    fn call<T>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce(&mut WarmSchema) -> wasmtime::Result<Result<T, wit::SchemaError>>,
+    ) -> Result<T, SchemaError> {
+        let mut instance = match self.warm.take(tenant) {
+            Some(i) => i,
+            None => self.instantiate(tenant)?,
+        };
+        self.runtime.arm(&mut instance.store, self.limits);
+        match f(&mut instance) {
+            Ok(result) => {
+                self.warm.give_back(tenant, instance);
+                result.map_err(|e| match e {
+                    wit::SchemaError::InvalidSchema(m) => SchemaError::InvalidSchema(m),
+                    wit::SchemaError::InvalidDocument(m) => SchemaError::InvalidDocument(m),
+                })
+            }
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        }
+    }
+
+    /// Compile a schema in a sandbox; refuse it with the reason if broken.
+    pub fn check_schema(&self, schema: &serde_json::Value) -> Result<(), SchemaError> {
+        let text = schema.to_string();
+        self.call("system", |i| i.bindings.cordum_schema_validator().call_check_schema(&mut i.store, &text))
+    }
+
+    /// Validate `document` (JSON text) against registered schema `id`.
+    pub fn validate(&self, tenant: &str, id: &str, document: &str) -> Result<Vec<Violation>, SchemaError> {
+        let doc = self.schemas.read().get(id).cloned().ok_or_else(|| SchemaError::Unknown(id.to_string()))?;
+        let (meta, text) = (&doc.0, &doc.1);
+        let violations = self.call(tenant, |i| {
+            i.bindings.cordum_schema_validator().call_validate(&mut i.store, &meta.sha256, text, document)
+        })?;
+        Ok(violations
+            .into_iter()
+            .map(|v| Violation {
+                instance_path: v.instance_path,
+                schema_path: v.schema_path,
+                keyword: v.keyword,
+                message: v.message,
+            })
+            .collect())
+    }
+}
