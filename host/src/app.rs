@@ -60,17 +60,29 @@ impl App {
 
         let env_key = std::env::var("CORDUM_API_KEY").ok();
         let env_keys = std::env::var("CORDUM_API_KEYS").ok();
-        let (auth, bootstrap) =
-            AuthService::start(store.clone(), env_key.as_deref(), env_keys.as_deref(), &args.default_tenant)
-                .await
-                .map_err(anyhow::Error::msg)?;
+        let (auth, bootstrap) = AuthService::start(
+            store.clone(),
+            env_key.as_deref(),
+            env_keys.as_deref(),
+            &args.default_tenant,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
 
         let base = match &args.policy_file {
-            Some(path) => Some((format!("base:{}", path.display()), std::fs::read_to_string(path)?)),
+            Some(path) => Some((
+                format!("base:{}", path.display()),
+                std::fs::read_to_string(path)?,
+            )),
             None => None,
         };
         let policy_component = runtime.load(POLICY_RULES_WASM, World::Policy)?;
-        let policy = Arc::new(PolicyService::new(runtime.clone(), policy_component, store.clone(), base));
+        let policy = Arc::new(PolicyService::new(
+            runtime.clone(),
+            policy_component,
+            store.clone(),
+            base,
+        ));
         let schema_component = runtime.load(JSON_SCHEMA_WASM, World::Schema)?;
         let schemas = Arc::new(SchemaService::new(runtime.clone(), schema_component));
         let registry = Arc::new(PackRegistry::new());
@@ -98,17 +110,31 @@ impl App {
                     if registry.pack(&entry.id).is_some() {
                         continue;
                     }
-                    let record = installer.install_from_catalog(source, entry, "system:first-start").await?;
+                    let record = installer
+                        .install_from_catalog(source, entry, "system:first-start")
+                        .await?;
                     installed.push(format!("{}@{}", record.id, record.version));
                 }
             }
             let marker = serde_json::json!({"at": chrono::Utc::now(), "installed": installed});
-            store.apply(vec![Op::put_json(INITIALIZED, &marker)]).await?;
+            store
+                .apply(vec![Op::put_json(INITIALIZED, &marker)])
+                .await?;
         }
 
         let repo = JobRepo::new(store.clone());
-        let runner = Arc::new(PackRunner::new(runtime.clone(), store.clone(), data.join("sandboxes")));
-        let dispatcher = Dispatcher::new(repo.clone(), bus.clone(), registry.clone(), runner, limits.pack_concurrency);
+        let runner = Arc::new(PackRunner::new(
+            runtime.clone(),
+            store.clone(),
+            data.join("sandboxes"),
+        ));
+        let dispatcher = Dispatcher::new(
+            repo.clone(),
+            bus.clone(),
+            registry.clone(),
+            runner,
+            limits.pack_concurrency,
+        );
         dispatcher.start_all().await.map_err(anyhow::Error::msg)?;
         let jobs = JobService::new(
             repo,
@@ -118,7 +144,10 @@ impl App {
             registry.clone(),
             Duration::from_secs(args.idempotency_ttl_seconds),
         );
-        let recovered = dispatcher.recover(&jobs).await.map_err(anyhow::Error::msg)?;
+        let recovered = dispatcher
+            .recover(&jobs)
+            .await
+            .map_err(anyhow::Error::msg)?;
 
         let app = Arc::new(App {
             store,
@@ -138,6 +167,13 @@ impl App {
             Bootstrap::Generated(k) => Some(k),
             _ => None,
         };
-        Ok((app, StartReport { generated_key, installed, recovered }))
+        Ok((
+            app,
+            StartReport {
+                generated_key,
+                installed,
+                recovered,
+            },
+        ))
     }
 }

@@ -101,8 +101,14 @@ impl Default for RuntimeLimits {
             epoch_tick: Duration::from_millis(5),
             pool_instances: 64,
             max_memory_bytes: 512 << 20,
-            plugin: SandboxLimits { memory_bytes: 64 << 20, timeout: Duration::from_secs(1) },
-            pack: SandboxLimits { memory_bytes: 64 << 20, timeout: Duration::from_secs(30) },
+            plugin: SandboxLimits {
+                memory_bytes: 64 << 20,
+                timeout: Duration::from_secs(1),
+            },
+            pack: SandboxLimits {
+                memory_bytes: 64 << 20,
+                timeout: Duration::from_secs(30),
+            },
             pack_concurrency: 16,
         }
     }

@@ -48,7 +48,10 @@ impl Bus for InProcessBus {
         {
             let mut plain = self.plain.lock();
             plain.retain(|s| !s.tx.is_closed());
-            for sub in plain.iter().filter(|s| subject_matches(&s.pattern, &message.subject)) {
+            for sub in plain
+                .iter()
+                .filter(|s| subject_matches(&s.pattern, &message.subject))
+            {
                 let _ = sub.tx.try_send(message.clone());
             }
         }
@@ -82,9 +85,16 @@ impl Bus for InProcessBus {
         Ok(())
     }
 
-    async fn subscribe(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription, BusError> {
+    async fn subscribe(
+        &self,
+        pattern: &str,
+        queue_group: Option<&str>,
+    ) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let sub = Sub { pattern: pattern.to_string(), tx };
+        let sub = Sub {
+            pattern: pattern.to_string(),
+            tx,
+        };
         match queue_group {
             None => self.plain.lock().push(sub),
             Some(group) => self
@@ -110,7 +120,12 @@ mod tests {
         let mut b = bus.subscribe("job.x.>", Some("g")).await.unwrap();
         let mut watcher = bus.subscribe("job.>", None).await.unwrap();
         for _ in 0..4 {
-            bus.publish(Message { subject: "job.x.y".into(), payload: vec![] }).await.unwrap();
+            bus.publish(Message {
+                subject: "job.x.y".into(),
+                payload: vec![],
+            })
+            .await
+            .unwrap();
         }
         let mut got = 0;
         while a.try_recv().is_ok() {
@@ -126,7 +141,11 @@ mod tests {
         }
         assert_eq!(seen, 4);
         assert!(matches!(
-            bus.publish(Message { subject: "job.nobody.z".into(), payload: vec![] }).await,
+            bus.publish(Message {
+                subject: "job.nobody.z".into(),
+                payload: vec![]
+            })
+            .await,
             Err(BusError::NoSubscriber(_))
         ));
     }

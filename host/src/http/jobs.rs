@@ -6,11 +6,13 @@ use crate::app::App;
 use crate::auth::Role;
 use crate::jobs::{JobError, JobRecord, SubmitJob, SubmitOutcome};
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
@@ -23,31 +25,50 @@ fn job_error(e: JobError) -> ApiError {
             ApiError::bad_request(format!("unknown topic {topic}"))
                 .code("unknown_topic")
                 .with("topic", topic)
-                .with("registered_topics", registered.into_iter().take(20).collect::<Vec<_>>())
+                .with(
+                    "registered_topics",
+                    registered.into_iter().take(20).collect::<Vec<_>>(),
+                )
                 .with("truncated", truncated)
         }
-        JobError::SchemaViolations { schema_id, violations } => {
-            ApiError::bad_request(format!("input does not match schema {schema_id}"))
-                .code("schema_validation_failed")
-                .with("schema_id", schema_id)
-                .with("violations", serde_json::to_value(violations).unwrap_or_default())
-        }
-        JobError::IdempotencyConflict => ApiError::new(StatusCode::CONFLICT, "idempotency key already used with a different request")
-            .code("IDEMPOTENCY_CONFLICT"),
+        JobError::SchemaViolations {
+            schema_id,
+            violations,
+        } => ApiError::bad_request(format!("input does not match schema {schema_id}"))
+            .code("schema_validation_failed")
+            .with("schema_id", schema_id)
+            .with(
+                "violations",
+                serde_json::to_value(violations).unwrap_or_default(),
+            ),
+        JobError::IdempotencyConflict => ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency key already used with a different request",
+        )
+        .code("IDEMPOTENCY_CONFLICT"),
         JobError::Throttled { reason, rule_id } => {
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, if reason.is_empty() { "policy throttled".into() } else { reason })
-                .code("policy_throttled")
-                .with("rule_id", rule_id);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                if reason.is_empty() {
+                    "policy throttled".into()
+                } else {
+                    reason
+                },
+            )
+            .code("policy_throttled")
+            .with("rule_id", rule_id);
             e.retry_after = Some(30);
             e
         }
         JobError::PolicyUnavailable(detail) => {
             tracing::warn!(%detail, "policy check failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "policy check unavailable").code("policy_unavailable")
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "policy check unavailable")
+                .code("policy_unavailable")
         }
         JobError::SchemaUnavailable(detail) => {
             tracing::warn!(%detail, "schema check failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "schema check unavailable").code("schema_unavailable")
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "schema check unavailable")
+                .code("schema_unavailable")
         }
         JobError::NotFound => ApiError::not_found("job not found"),
         JobError::Store(detail) => ApiError::unavailable(detail),
@@ -55,11 +76,19 @@ fn job_error(e: JobError) -> ApiError {
 }
 
 /// The one idempotency key of a request, from any of the accepted places.
-fn idempotency_key(headers: &HeaderMap, query: Option<&str>, body: &SubmitJob) -> Result<Option<String>, ApiError> {
+fn idempotency_key(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &SubmitJob,
+) -> Result<Option<String>, ApiError> {
     let mut keys: Vec<String> = Vec::new();
     for name in ["idempotency-key", "x-idempotency-key"] {
         if let Some(v) = headers.get(name) {
-            keys.push(v.to_str().map_err(|_| ApiError::bad_request("idempotency key must be visible ASCII"))?.to_string());
+            keys.push(
+                v.to_str()
+                    .map_err(|_| ApiError::bad_request("idempotency key must be visible ASCII"))?
+                    .to_string(),
+            );
         }
     }
     if let Some(q) = query {
@@ -72,15 +101,25 @@ fn idempotency_key(headers: &HeaderMap, query: Option<&str>, body: &SubmitJob) -
     }
     keys.extend(body.idempotency_key.clone());
     keys.extend(body.meta.as_ref().and_then(|m| m.idempotency_key.clone()));
-    let mut keys: Vec<String> = keys.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    let mut keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
     keys.dedup();
     keys.sort();
     keys.dedup();
     match keys.len() {
         0 => Ok(None),
         1 if keys[0].len() <= MAX_IDEMPOTENCY_KEY => Ok(keys.pop()),
-        1 => Err(ApiError::bad_request(format!("idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes")).code("invalid_request")),
-        _ => Err(ApiError::bad_request("different idempotency keys given in one request").code("invalid_request")),
+        1 => Err(ApiError::bad_request(format!(
+            "idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes"
+        ))
+        .code("invalid_request")),
+        _ => Err(
+            ApiError::bad_request("different idempotency keys given in one request")
+                .code("invalid_request"),
+        ),
     }
 }
 
@@ -90,7 +129,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let decoded = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .then(|| {
+                std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
             .flatten();
         match (bytes[i], decoded) {
             (_, Some(b)) => {
@@ -121,22 +164,41 @@ pub async fn submit(
         return Err(ApiError::forbidden("access denied"));
     }
     let key = idempotency_key(&headers, query.as_deref(), &body)?;
-    let outcome = app.jobs.submit(&caller.auth, &caller.tenant, body, key).await.map_err(job_error)?;
+    let outcome = app
+        .jobs
+        .submit(&caller.auth, &caller.tenant, body, key)
+        .await
+        .map_err(job_error)?;
     Ok(render_outcome(outcome))
 }
 
 fn render_outcome(outcome: SubmitOutcome) -> Response {
     let (status, trace, body) = match outcome {
-        SubmitOutcome::Accepted { job_id, trace_id } => {
-            (StatusCode::OK, trace_id.clone(), json!({"job_id": job_id, "trace_id": trace_id}))
-        }
-        SubmitOutcome::ApprovalRequired { job_id, trace_id, reason, rule_id } => (
+        SubmitOutcome::Accepted { job_id, trace_id } => (
+            StatusCode::OK,
+            trace_id.clone(),
+            json!({"job_id": job_id, "trace_id": trace_id}),
+        ),
+        SubmitOutcome::ApprovalRequired {
+            job_id,
+            trace_id,
+            reason,
+            rule_id,
+        } => (
             StatusCode::OK,
             trace_id.clone(),
             json!({"job_id": job_id, "trace_id": trace_id, "status": "approval_required", "reason": reason, "rule_id": rule_id}),
         ),
-        SubmitOutcome::Denied { job_id, trace_id, decision } => {
-            let message = if decision.reason.is_empty() { "policy denied".to_string() } else { decision.reason.clone() };
+        SubmitOutcome::Denied {
+            job_id,
+            trace_id,
+            decision,
+        } => {
+            let message = if decision.reason.is_empty() {
+                "policy denied".to_string()
+            } else {
+                decision.reason.clone()
+            };
             (
                 StatusCode::FORBIDDEN,
                 trace_id.clone(),
@@ -156,8 +218,30 @@ fn render_outcome(outcome: SubmitOutcome) -> Response {
     response
 }
 
-pub async fn get_job(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let job = app.jobs.get(&caller.tenant, &id).await.map_err(job_error)?;
+/// Query of `GET /api/v1/jobs/{id}`: `wait_ms` long-polls until the job is
+/// terminal (at most 30 s).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetJobQuery {
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+pub async fn get_job(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<GetJobQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!("invalid query: {}", e.body_text())).code("invalid_query")
+    })?;
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
+    let job = app
+        .jobs
+        .get_when_done(&caller.tenant, &id, wait)
+        .await
+        .map_err(job_error)?;
     Ok(Json(job_view(&job)))
 }
 

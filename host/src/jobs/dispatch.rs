@@ -37,7 +37,14 @@ impl Dispatcher {
         runner: Arc<PackRunner>,
         concurrency: usize,
     ) -> Arc<Self> {
-        Arc::new(Self { repo, bus, registry, runner, concurrency, subscribed: Mutex::new(HashSet::new()) })
+        Arc::new(Self {
+            repo,
+            bus,
+            registry,
+            runner,
+            concurrency,
+            subscribed: Mutex::new(HashSet::new()),
+        })
     }
 
     /// Start serving every installed pack that has a component.
@@ -57,14 +64,19 @@ impl Dispatcher {
         }
         let mut sub = self
             .bus
-            .subscribe(&format!("job.{pack_id}.>"), Some(&format!("pack:{pack_id}")))
+            .subscribe(
+                &format!("job.{pack_id}.>"),
+                Some(&format!("pack:{pack_id}")),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let this = self.clone();
         let limit = Arc::new(Semaphore::new(self.concurrency));
         tokio::spawn(async move {
             while let Some(message) = sub.recv().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
                 let this = this.clone();
                 tokio::spawn(async move {
                     this.handle(message).await;
@@ -83,7 +95,9 @@ impl Dispatcher {
         let id = dispatch.job_id;
         let claimed = self
             .repo
-            .update(&id, |j| j.state == JobState::Scheduled && j.transition(JobState::Running, None).is_ok())
+            .update(&id, |j| {
+                j.state == JobState::Scheduled && j.transition(JobState::Running, None).is_ok()
+            })
             .await;
         let job = match claimed {
             Ok((job, true)) => job,
@@ -94,8 +108,16 @@ impl Dispatcher {
             }
         };
         let Some(pack) = self.registry.pack(&job.pack_id) else {
-            self.finish(&id, JobState::Failed, None, Some(("pack_missing", format!("pack {} is not installed", job.pack_id))))
-                .await;
+            self.finish(
+                &id,
+                JobState::Failed,
+                None,
+                Some((
+                    "pack_missing",
+                    format!("pack {} is not installed", job.pack_id),
+                )),
+            )
+            .await;
             return;
         };
         let item = WorkItem {
@@ -103,33 +125,81 @@ impl Dispatcher {
             topic: job.topic.clone(),
             tenant: job.tenant.clone(),
             input: job.input.to_string(),
-            labels: job.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: job
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             attempt: job.attempts,
         };
         let runner = self.runner.clone();
         let handle = tokio::runtime::Handle::current();
         let outcome = tokio::task::spawn_blocking(move || runner.run(&pack, &item, handle))
             .await
-            .unwrap_or_else(|e| WorkOutcome::Aborted(PluginError::Sandbox(format!("worker thread failed: {e}"))));
+            .unwrap_or_else(|e| {
+                WorkOutcome::Aborted(PluginError::Sandbox(format!("worker thread failed: {e}")))
+            });
         match outcome {
             WorkOutcome::Output(text) if text.len() > MAX_OUTPUT_BYTES => {
-                self.finish(&id, JobState::Failed, None, Some(("output_too_large", format!("output is over {MAX_OUTPUT_BYTES} bytes"))))
-                    .await
+                self.finish(
+                    &id,
+                    JobState::Failed,
+                    None,
+                    Some((
+                        "output_too_large",
+                        format!("output is over {MAX_OUTPUT_BYTES} bytes"),
+                    )),
+                )
+                .await
             }
             WorkOutcome::Output(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(value) => self.finish(&id, JobState::Succeeded, Some(value), None).await,
-                Err(e) => {
-                    self.finish(&id, JobState::Failed, None, Some(("invalid_output", format!("component output is not JSON: {e}"))))
+                Ok(value) => {
+                    self.finish(&id, JobState::Succeeded, Some(value), None)
                         .await
                 }
+                Err(e) => {
+                    self.finish(
+                        &id,
+                        JobState::Failed,
+                        None,
+                        Some((
+                            "invalid_output",
+                            format!("component output is not JSON: {e}"),
+                        )),
+                    )
+                    .await
+                }
             },
-            WorkOutcome::InvalidInput(m) => self.finish(&id, JobState::Failed, None, Some(("invalid_input", m))).await,
-            WorkOutcome::Failed(m) => self.finish(&id, JobState::Failed, None, Some(("job_failed", m))).await,
-            WorkOutcome::Retryable(m) => self.finish(&id, JobState::Failed, None, Some(("job_failed_retryable", m))).await,
-            WorkOutcome::Aborted(e @ PluginError::Timeout(_)) => {
-                self.finish(&id, JobState::Timeout, None, Some((e.code(), e.to_string()))).await
+            WorkOutcome::InvalidInput(m) => {
+                self.finish(&id, JobState::Failed, None, Some(("invalid_input", m)))
+                    .await
             }
-            WorkOutcome::Aborted(e) => self.finish(&id, JobState::Failed, None, Some((e.code(), e.to_string()))).await,
+            WorkOutcome::Failed(m) => {
+                self.finish(&id, JobState::Failed, None, Some(("job_failed", m)))
+                    .await
+            }
+            WorkOutcome::Retryable(m) => {
+                self.finish(
+                    &id,
+                    JobState::Failed,
+                    None,
+                    Some(("job_failed_retryable", m)),
+                )
+                .await
+            }
+            WorkOutcome::Aborted(e @ PluginError::Timeout(_)) => {
+                self.finish(
+                    &id,
+                    JobState::Timeout,
+                    None,
+                    Some((e.code(), e.to_string())),
+                )
+                .await
+            }
+            WorkOutcome::Aborted(e) => {
+                self.finish(&id, JobState::Failed, None, Some((e.code(), e.to_string())))
+                    .await
+            }
         }
     }
 
@@ -140,7 +210,10 @@ impl Dispatcher {
         result: Option<serde_json::Value>,
         failure: Option<(&str, String)>,
     ) {
-        let failure = failure.map(|(code, message)| JobFailure { code: code.to_string(), message });
+        let failure = failure.map(|(code, message)| JobFailure {
+            code: code.to_string(),
+            message,
+        });
         let stored = self
             .repo
             .update(id, |j| {
@@ -149,7 +222,8 @@ impl Dispatcher {
                 }
                 j.result = result.clone();
                 j.error = failure.clone();
-                j.transition(state, failure.as_ref().map(|f| f.message.clone())).is_ok()
+                j.transition(state, failure.as_ref().map(|f| f.message.clone()))
+                    .is_ok()
             })
             .await;
         match stored {
@@ -158,7 +232,13 @@ impl Dispatcher {
                     "job_id": job.id, "tenant": job.tenant, "topic": job.topic, "state": job.state,
                     "error_code": job.error.as_ref().map(|e| e.code.clone()),
                 });
-                let _ = self.bus.publish(Message { subject: "sys.job.result".into(), payload: to_json(&event) }).await;
+                let _ = self
+                    .bus
+                    .publish(Message {
+                        subject: "sys.job.result".into(),
+                        payload: to_json(&event),
+                    })
+                    .await;
             }
             Ok((_, false)) => {}
             Err(e) => tracing::error!(job = %id, error = %e, "cannot store job result"),
@@ -173,8 +253,11 @@ impl Dispatcher {
             let updated = self
                 .repo
                 .update(&id, |j| match j.state {
-                    JobState::Running => j.transition(JobState::Retrying, Some("gateway restarted".into())).is_ok()
-                        && j.transition(JobState::Scheduled, None).is_ok(),
+                    JobState::Running => {
+                        j.transition(JobState::Retrying, Some("gateway restarted".into()))
+                            .is_ok()
+                            && j.transition(JobState::Scheduled, None).is_ok()
+                    }
                     _ => false,
                 })
                 .await;

@@ -59,20 +59,72 @@ impl JobState {
         match self {
             Pending => matches!(
                 to,
-                ApprovalRequired | Scheduled | Dispatched | Running | Denied | Failed | Timeout | Succeeded | Cancelled | Retrying
+                ApprovalRequired
+                    | Scheduled
+                    | Dispatched
+                    | Running
+                    | Denied
+                    | Failed
+                    | Timeout
+                    | Succeeded
+                    | Cancelled
+                    | Retrying
             ),
             ApprovalRequired => {
-                matches!(to, Pending | Scheduled | Dispatched | Running | Denied | Failed | Timeout | Succeeded | Cancelled)
+                matches!(
+                    to,
+                    Pending
+                        | Scheduled
+                        | Dispatched
+                        | Running
+                        | Denied
+                        | Failed
+                        | Timeout
+                        | Succeeded
+                        | Cancelled
+                )
             }
             Scheduled => matches!(
                 to,
-                Scheduled | Dispatched | Running | Denied | Failed | Timeout | Succeeded | Cancelled | OutputQuarantined | Retrying
+                Scheduled
+                    | Dispatched
+                    | Running
+                    | Denied
+                    | Failed
+                    | Timeout
+                    | Succeeded
+                    | Cancelled
+                    | OutputQuarantined
+                    | Retrying
             ),
             Dispatched => {
-                matches!(to, Scheduled | Running | Succeeded | Failed | Cancelled | Timeout | OutputQuarantined | Retrying)
+                matches!(
+                    to,
+                    Scheduled
+                        | Running
+                        | Succeeded
+                        | Failed
+                        | Cancelled
+                        | Timeout
+                        | OutputQuarantined
+                        | Retrying
+                )
             }
-            Running => matches!(to, Running | Succeeded | Failed | Cancelled | Timeout | OutputQuarantined | Retrying),
-            Retrying => matches!(to, Scheduled | Dispatched | Running | Retrying | Succeeded | Failed | Cancelled | Timeout),
+            Running => matches!(
+                to,
+                Running | Succeeded | Failed | Cancelled | Timeout | OutputQuarantined | Retrying
+            ),
+            Retrying => matches!(
+                to,
+                Scheduled
+                    | Dispatched
+                    | Running
+                    | Retrying
+                    | Succeeded
+                    | Failed
+                    | Cancelled
+                    | Timeout
+            ),
             Succeeded => matches!(to, OutputQuarantined),
             Failed | Cancelled | Timeout | Denied | OutputQuarantined => false,
         }
@@ -153,9 +205,16 @@ pub struct TransitionError {
 impl JobRecord {
     /// Move to `to`, recording the change; refuses transitions the state
     /// machine does not allow.
-    pub fn transition(&mut self, to: JobState, note: Option<String>) -> Result<(), TransitionError> {
+    pub fn transition(
+        &mut self,
+        to: JobState,
+        note: Option<String>,
+    ) -> Result<(), TransitionError> {
         if !self.state.can_move_to(to) {
-            return Err(TransitionError { from: self.state, to });
+            return Err(TransitionError {
+                from: self.state,
+                to,
+            });
         }
         let now = Utc::now();
         if to == JobState::Running {
@@ -163,7 +222,11 @@ impl JobRecord {
         }
         self.state = to;
         self.updated_at = now;
-        self.history.push(StateChange { state: to, at: now, note });
+        self.history.push(StateChange {
+            state: to,
+            at: now,
+            note,
+        });
         Ok(())
     }
 }

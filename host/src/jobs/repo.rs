@@ -5,7 +5,10 @@
 
 use super::model::{JobRecord, JobState};
 use crate::store::{BatchOutcome, Entry, Op, Store, StoreError, to_json};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 pub const JOB_PREFIX: &str = "job:";
 pub const ACTIVE_PREFIX: &str = "jobactive:";
@@ -33,14 +36,56 @@ pub enum RepoError {
     Contended(String),
 }
 
+/// Callers waiting for jobs to finish (long-polling reads).
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+}
+
+impl Waiters {
+    /// A receiver that fires when `id` reaches a terminal state.
+    pub fn register(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.map.lock().entry(id.to_string()).or_default().push(tx);
+        rx
+    }
+
+    /// Drop waiters that gave up.
+    pub fn prune(&self, id: &str) {
+        let mut map = self.map.lock();
+        if let Some(list) = map.get_mut(id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                map.remove(id);
+            }
+        }
+    }
+
+    fn notify(&self, id: &str) {
+        if let Some(list) = self.map.lock().remove(id) {
+            for tx in list {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct JobRepo {
     store: Arc<dyn Store>,
+    waiters: Arc<Waiters>,
 }
 
 impl JobRepo {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            waiters: Arc::new(Waiters::default()),
+        }
+    }
+
+    pub fn waiters(&self) -> &Waiters {
+        &self.waiters
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -50,11 +95,23 @@ impl JobRepo {
     /// The ops that create a new job (record, index, in-flight marker).
     pub fn create_ops(job: &JobRecord) -> Vec<Op> {
         let mut ops = vec![
-            Op::PutIfAbsent { key: job_key(&job.id), value: to_json(job), ttl: None },
-            Op::Put { key: index_key(job), value: job.id.as_bytes().to_vec(), ttl: None },
+            Op::PutIfAbsent {
+                key: job_key(&job.id),
+                value: to_json(job),
+                ttl: None,
+            },
+            Op::Put {
+                key: index_key(job),
+                value: job.id.as_bytes().to_vec(),
+                ttl: None,
+            },
         ];
         if !job.state.is_terminal() {
-            ops.push(Op::Put { key: active_key(&job.id), value: job.tenant.as_bytes().to_vec(), ttl: None });
+            ops.push(Op::Put {
+                key: active_key(&job.id),
+                value: job.tenant.as_bytes().to_vec(),
+                ttl: None,
+            });
         }
         ops
     }
@@ -62,8 +119,8 @@ impl JobRepo {
     pub async fn get(&self, id: &str) -> Result<Option<(JobRecord, u64)>, RepoError> {
         match self.store.get(&job_key(id)).await? {
             Some(Entry { value, revision }) => {
-                let job: JobRecord =
-                    serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let job: JobRecord = serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok(Some((job, revision)))
             }
             None => Ok(None),
@@ -77,17 +134,31 @@ impl JobRepo {
         F: FnMut(&mut JobRecord) -> bool,
     {
         for _ in 0..32 {
-            let (mut job, revision) = self.get(id).await?.ok_or_else(|| RepoError::NotFound(id.to_string()))?;
+            let (mut job, revision) = self
+                .get(id)
+                .await?
+                .ok_or_else(|| RepoError::NotFound(id.to_string()))?;
             if !change(&mut job) {
                 return Ok((job, false));
             }
-            let mut ops =
-                vec![Op::PutIfRevision { key: job_key(id), value: to_json(&job), expected: revision, ttl: None }];
+            let mut ops = vec![Op::PutIfRevision {
+                key: job_key(id),
+                value: to_json(&job),
+                expected: revision,
+                ttl: None,
+            }];
             if job.state.is_terminal() {
-                ops.push(Op::Delete { key: active_key(id) });
+                ops.push(Op::Delete {
+                    key: active_key(id),
+                });
             }
             match self.store.apply(ops).await? {
-                BatchOutcome::Applied(_) => return Ok((job, true)),
+                BatchOutcome::Applied(_) => {
+                    if job.state.is_terminal() {
+                        self.waiters.notify(id);
+                    }
+                    return Ok((job, true));
+                }
                 BatchOutcome::Conflict { .. } => continue,
             }
         }
@@ -97,7 +168,10 @@ impl JobRepo {
     /// Jobs still in flight (for recovery after a restart).
     pub async fn in_flight(&self) -> Result<Vec<String>, RepoError> {
         let items = self.store.scan(ACTIVE_PREFIX, None, 1_000_000).await?;
-        Ok(items.into_iter().map(|(k, _)| k[ACTIVE_PREFIX.len()..].to_string()).collect())
+        Ok(items
+            .into_iter()
+            .map(|(k, _)| k[ACTIVE_PREFIX.len()..].to_string())
+            .collect())
     }
 
     /// A convenience for states: is the stored job in `state`?

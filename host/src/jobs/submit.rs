@@ -124,9 +124,21 @@ pub struct SubmitJob {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SubmitOutcome {
-    Accepted { job_id: String, trace_id: String },
-    ApprovalRequired { job_id: String, trace_id: String, reason: String, rule_id: String },
-    Denied { job_id: String, trace_id: String, decision: PolicyDecision },
+    Accepted {
+        job_id: String,
+        trace_id: String,
+    },
+    ApprovalRequired {
+        job_id: String,
+        trace_id: String,
+        reason: String,
+        rule_id: String,
+    },
+    Denied {
+        job_id: String,
+        trace_id: String,
+        decision: PolicyDecision,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +148,15 @@ pub enum JobError {
     #[error("tenant access denied")]
     TenantDenied,
     #[error("unknown topic {topic}")]
-    UnknownTopic { topic: String, registered: Vec<String> },
+    UnknownTopic {
+        topic: String,
+        registered: Vec<String>,
+    },
     #[error("schema validation failed")]
-    SchemaViolations { schema_id: String, violations: Vec<Violation> },
+    SchemaViolations {
+        schema_id: String,
+        violations: Vec<Violation>,
+    },
     #[error("idempotency key already used with a different request")]
     IdempotencyConflict,
     #[error("{reason}")]
@@ -214,7 +232,14 @@ impl JobService {
         registry: Arc<PackRegistry>,
         idempotency_ttl: Duration,
     ) -> Self {
-        Self { repo, bus, policy, schemas, registry, idempotency_ttl }
+        Self {
+            repo,
+            bus,
+            policy,
+            schemas,
+            registry,
+            idempotency_ttl,
+        }
     }
 
     pub fn repo(&self) -> &JobRepo {
@@ -233,7 +258,10 @@ impl JobService {
     ) -> Result<SubmitOutcome, JobError> {
         let meta = body.meta.clone().unwrap_or_default();
         // A body tenant must be the request's tenant; none means the caller's.
-        for named in [&body.tenant_id, &body.org_id, &meta.tenant_id].into_iter().flatten() {
+        for named in [&body.tenant_id, &body.org_id, &meta.tenant_id]
+            .into_iter()
+            .flatten()
+        {
             let named = named.trim();
             if !named.is_empty() && named != tenant {
                 return Err(JobError::TenantDenied);
@@ -248,7 +276,9 @@ impl JobService {
         }
         let payload = match (&body.input, &body.context) {
             (Some(a), Some(b)) if a != b => {
-                return Err(JobError::Invalid("input and context both given with different values".into()));
+                return Err(JobError::Invalid(
+                    "input and context both given with different values".into(),
+                ));
             }
             (Some(v), _) | (None, Some(v)) => v.clone(),
             (None, None) => serde_json::Value::Null,
@@ -257,18 +287,26 @@ impl JobService {
             "" | "interactive" => "interactive",
             "batch" => "batch",
             "critical" => "critical",
-            other => return Err(JobError::Invalid(format!("priority must be interactive, batch or critical, not {other:?}"))),
+            other => {
+                return Err(JobError::Invalid(format!(
+                    "priority must be interactive, batch or critical, not {other:?}"
+                )));
+            }
         };
         let actor_type = match (clean(&body.actor_type), clean(&meta.actor_type)) {
             (a, _) if !a.is_empty() => a,
             (_, b) => b,
         };
         if !matches!(actor_type.as_str(), "" | "human" | "service") {
-            return Err(JobError::Invalid("actor_type must be 'human' or 'service'".into()));
+            return Err(JobError::Invalid(
+                "actor_type must be 'human' or 'service'".into(),
+            ));
         }
-        for (name, value) in
-            [("max_input_tokens", body.max_input_tokens), ("max_output_tokens", body.max_output_tokens), ("max_total_tokens", body.max_total_tokens)]
-        {
+        for (name, value) in [
+            ("max_input_tokens", body.max_input_tokens),
+            ("max_output_tokens", body.max_output_tokens),
+            ("max_total_tokens", body.max_total_tokens),
+        ] {
             if value.is_some_and(|v| v < 0) {
                 return Err(JobError::Invalid(format!("{name} must be non-negative")));
             }
@@ -288,7 +326,9 @@ impl JobService {
                 continue;
             }
             if k.is_empty() || k.len() > 256 || v.len() > 4096 {
-                return Err(JobError::Invalid(format!("label {k:?}: keys are 1..=256 bytes, values at most 4096")));
+                return Err(JobError::Invalid(format!(
+                    "label {k:?}: keys are 1..=256 bytes, values at most 4096"
+                )));
             }
             labels.insert(k.clone(), v.clone());
         }
@@ -298,47 +338,81 @@ impl JobService {
 
         // Idempotency: same key + same payload replays, another payload conflicts.
         let request_hash = {
-            let mut canonical = serde_json::to_value(&body).map_err(|e| JobError::Invalid(e.to_string()))?;
+            let mut canonical =
+                serde_json::to_value(&body).map_err(|e| JobError::Invalid(e.to_string()))?;
             if let Some(obj) = canonical.as_object_mut() {
                 obj.remove("idempotency_key");
             }
             hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
         };
         let raw_idempotency_key = idempotency_key.clone();
-        let idem_key = idempotency_key.map(|k| format!("idem:{tenant}:jobs:{}", hex::encode(Sha256::digest(k.as_bytes()))));
+        let idem_key = idempotency_key.map(|k| {
+            format!(
+                "idem:{tenant}:jobs:{}",
+                hex::encode(Sha256::digest(k.as_bytes()))
+            )
+        });
         if let Some(key) = &idem_key {
             if let Some(entry) = self.repo.store().get(key).await? {
                 let record: IdempotencyRecord = entry.json()?;
-                return if record.request_hash == request_hash { Ok(record.outcome) } else { Err(JobError::IdempotencyConflict) };
+                return if record.request_hash == request_hash {
+                    Ok(record.outcome)
+                } else {
+                    Err(JobError::IdempotencyConflict)
+                };
             }
         }
 
-        let entry = self.registry.topic(&topic).ok_or_else(|| JobError::UnknownTopic {
-            topic: topic.clone(),
-            registered: self.registry.topic_names(),
-        })?;
+        let entry = self
+            .registry
+            .topic(&topic)
+            .ok_or_else(|| JobError::UnknownTopic {
+                topic: topic.clone(),
+                registered: self.registry.topic_names(),
+            })?;
         let claimed_pack = clean(&body.pack_id).or_else_nonempty(clean(&meta.pack_id));
         if !claimed_pack.is_empty() && claimed_pack != entry.pack_id {
-            return Err(JobError::Invalid(format!("topic {topic} belongs to pack {}, not {claimed_pack}", entry.pack_id)));
+            return Err(JobError::Invalid(format!(
+                "topic {topic} belongs to pack {}, not {claimed_pack}",
+                entry.pack_id
+            )));
         }
 
         if let Some(schema_id) = &entry.input_schema {
             let document = payload.to_string();
             match self.schemas.validate(tenant, schema_id, &document) {
                 Ok(v) if v.is_empty() => {}
-                Ok(violations) => return Err(JobError::SchemaViolations { schema_id: schema_id.clone(), violations }),
-                Err(SchemaError::InvalidDocument(m)) => return Err(JobError::Invalid(format!("input: {m}"))),
+                Ok(violations) => {
+                    return Err(JobError::SchemaViolations {
+                        schema_id: schema_id.clone(),
+                        violations,
+                    });
+                }
+                Err(SchemaError::InvalidDocument(m)) => {
+                    return Err(JobError::Invalid(format!("input: {m}")));
+                }
                 Err(e) => return Err(JobError::SchemaUnavailable(e.to_string())),
             }
         }
 
         let job_id = uuid::Uuid::new_v4().to_string();
         let trace_id = uuid::Uuid::new_v4().to_string();
-        let principal = clean(&body.principal_id).or_else_nonempty(caller.principal_id.clone().unwrap_or_default());
-        let actor_id = clean(&body.actor_id).or_else_nonempty(clean(&meta.actor_id)).or_else_nonempty(principal.clone());
-        let capability = clean(&body.capability).or_else_nonempty(clean(&meta.capability)).or_else_nonempty(entry.capability.clone());
-        let risk_tags = merge_lists(&merge_lists(&body.risk_tags, &meta.risk_tags), &entry.risk_tags);
-        let requires = merge_lists(&merge_lists(&body.requires, &meta.requires), &entry.requires);
+        let principal = clean(&body.principal_id)
+            .or_else_nonempty(caller.principal_id.clone().unwrap_or_default());
+        let actor_id = clean(&body.actor_id)
+            .or_else_nonempty(clean(&meta.actor_id))
+            .or_else_nonempty(principal.clone());
+        let capability = clean(&body.capability)
+            .or_else_nonempty(clean(&meta.capability))
+            .or_else_nonempty(entry.capability.clone());
+        let risk_tags = merge_lists(
+            &merge_lists(&body.risk_tags, &meta.risk_tags),
+            &entry.risk_tags,
+        );
+        let requires = merge_lists(
+            &merge_lists(&body.requires, &meta.requires),
+            &entry.requires,
+        );
         labels.insert("_source".into(), "api".into());
 
         let request = PolicyRequest {
@@ -360,7 +434,10 @@ impl JobService {
             Err(e) => return Err(JobError::PolicyUnavailable(e.to_string())),
         };
         if decision.decision == DecisionKind::Throttle {
-            return Err(JobError::Throttled { reason: decision.reason, rule_id: decision.rule_id });
+            return Err(JobError::Throttled {
+                reason: decision.reason,
+                rule_id: decision.rule_id,
+            });
         }
 
         let now = Utc::now();
@@ -386,8 +463,15 @@ impl JobService {
             submitted_by: caller.submitted_by(),
             idempotency_key: raw_idempotency_key,
             attempts: 0,
-            history: vec![StateChange { state: JobState::Pending, at: now, note: None }],
-            safety: Some(SafetyRecord { decision: decision.clone(), checked_at: now }),
+            history: vec![StateChange {
+                state: JobState::Pending,
+                at: now,
+                note: None,
+            }],
+            safety: Some(SafetyRecord {
+                decision: decision.clone(),
+                checked_at: now,
+            }),
             result: None,
             error: None,
             output_safety: None,
@@ -395,12 +479,21 @@ impl JobService {
         };
         let outcome = match decision.decision {
             DecisionKind::Deny => {
-                job.transition(JobState::Denied, Some(decision.reason.clone())).expect("PENDING → DENIED");
-                job.error = Some(JobFailure { code: "policy_denied".into(), message: decision.reason.clone() });
-                SubmitOutcome::Denied { job_id: job_id.clone(), trace_id: trace_id.clone(), decision }
+                job.transition(JobState::Denied, Some(decision.reason.clone()))
+                    .expect("PENDING → DENIED");
+                job.error = Some(JobFailure {
+                    code: "policy_denied".into(),
+                    message: decision.reason.clone(),
+                });
+                SubmitOutcome::Denied {
+                    job_id: job_id.clone(),
+                    trace_id: trace_id.clone(),
+                    decision,
+                }
             }
             DecisionKind::RequireApproval => {
-                job.transition(JobState::ApprovalRequired, Some(decision.reason.clone())).expect("PENDING → APPROVAL_REQUIRED");
+                job.transition(JobState::ApprovalRequired, Some(decision.reason.clone()))
+                    .expect("PENDING → APPROVAL_REQUIRED");
                 SubmitOutcome::ApprovalRequired {
                     job_id: job_id.clone(),
                     trace_id: trace_id.clone(),
@@ -409,24 +502,44 @@ impl JobService {
                 }
             }
             _ => {
-                job.transition(JobState::Scheduled, None).expect("PENDING → SCHEDULED");
-                SubmitOutcome::Accepted { job_id: job_id.clone(), trace_id: trace_id.clone() }
+                job.transition(JobState::Scheduled, None)
+                    .expect("PENDING → SCHEDULED");
+                SubmitOutcome::Accepted {
+                    job_id: job_id.clone(),
+                    trace_id: trace_id.clone(),
+                }
             }
         };
 
         let mut ops = JobRepo::create_ops(&job);
         if let Some(key) = &idem_key {
-            let record = IdempotencyRecord { request_hash: request_hash.clone(), outcome: outcome.clone() };
-            ops.push(Op::PutIfAbsent { key: key.clone(), value: to_json(&record), ttl: Some(self.idempotency_ttl) });
+            let record = IdempotencyRecord {
+                request_hash: request_hash.clone(),
+                outcome: outcome.clone(),
+            };
+            ops.push(Op::PutIfAbsent {
+                key: key.clone(),
+                value: to_json(&record),
+                ttl: Some(self.idempotency_ttl),
+            });
         }
         match self.repo.store().apply(ops).await? {
             BatchOutcome::Applied(_) => {}
-            BatchOutcome::Conflict { current: Some(entry), .. } if idem_key.is_some() => {
+            BatchOutcome::Conflict {
+                current: Some(entry),
+                ..
+            } if idem_key.is_some() => {
                 // Lost a race with the same key: answer as that request did.
                 let record: IdempotencyRecord = entry.json()?;
-                return if record.request_hash == request_hash { Ok(record.outcome) } else { Err(JobError::IdempotencyConflict) };
+                return if record.request_hash == request_hash {
+                    Ok(record.outcome)
+                } else {
+                    Err(JobError::IdempotencyConflict)
+                };
             }
-            BatchOutcome::Conflict { .. } => return Err(JobError::Store("job id collision".into())),
+            BatchOutcome::Conflict { .. } => {
+                return Err(JobError::Store("job id collision".into()));
+            }
         }
 
         if matches!(outcome, SubmitOutcome::Accepted { .. }) {
@@ -439,14 +552,22 @@ impl JobService {
     pub async fn dispatch(&self, job: &JobRecord) {
         let message = Message {
             subject: job.topic.clone(),
-            payload: to_json(&DispatchMessage { job_id: job.id.clone(), tenant: job.tenant.clone() }),
+            payload: to_json(&DispatchMessage {
+                job_id: job.id.clone(),
+                tenant: job.tenant.clone(),
+            }),
         };
         if let Err(e) = self.bus.publish(message).await {
             let (code, text) = match &e {
-                BusError::NoSubscriber(_) => ("no_worker", format!("no worker serves topic {}", job.topic)),
+                BusError::NoSubscriber(_) => {
+                    ("no_worker", format!("no worker serves topic {}", job.topic))
+                }
                 BusError::Unavailable(m) => ("dispatch_failed", m.clone()),
             };
-            let failure = JobFailure { code: code.into(), message: text.clone() };
+            let failure = JobFailure {
+                code: code.into(),
+                message: text.clone(),
+            };
             let _ = self
                 .repo
                 .update(&job.id, |j| {
@@ -466,6 +587,27 @@ impl JobService {
             Some((job, _)) if job.tenant == tenant => Ok(job),
             _ => Err(JobError::NotFound),
         }
+    }
+
+    /// Like [`get`](Self::get), but waits up to `wait` for the job to reach
+    /// a terminal state (long polling).
+    pub async fn get_when_done(
+        &self,
+        tenant: &str,
+        id: &str,
+        wait: Duration,
+    ) -> Result<JobRecord, JobError> {
+        let done = self.repo.waiters().register(id);
+        let job = self.get(tenant, id).await?;
+        if job.state.is_terminal() || wait.is_zero() {
+            self.repo.waiters().prune(id);
+            return Ok(job);
+        }
+        let finished = tokio::time::timeout(wait, done).await;
+        if finished.is_err() {
+            self.repo.waiters().prune(id);
+        }
+        self.get(tenant, id).await
     }
 }
 

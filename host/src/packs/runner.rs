@@ -41,7 +41,12 @@ pub struct PackRunner {
 
 impl PackRunner {
     pub fn new(runtime: Arc<Runtime>, store: Arc<dyn Store>, sandboxes: PathBuf) -> Self {
-        Self { runtime, store, sandboxes, config: Arc::new(serde_json::json!({})) }
+        Self {
+            runtime,
+            store,
+            sandboxes,
+            config: Arc::new(serde_json::json!({})),
+        }
     }
 
     /// The tenant's directory for a pack, created on first use beneath the
@@ -50,21 +55,34 @@ impl PackRunner {
     /// no id can point it elsewhere.
     fn sandbox_dir(&self, tenant: &str, pack: &str) -> Result<PathBuf, PluginError> {
         let plain = |s: &str| {
-            !s.is_empty() && !s.starts_with('.') && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
         };
         if !plain(tenant) || !plain(pack) {
-            return Err(PluginError::Sandbox("tenant or pack id is not a plain name".into()));
+            return Err(PluginError::Sandbox(
+                "tenant or pack id is not a plain name".into(),
+            ));
         }
-        std::fs::create_dir_all(&self.sandboxes).map_err(|e| PluginError::Sandbox(e.to_string()))?;
-        let root = cap_std::fs::Dir::open_ambient_dir(&self.sandboxes, cap_std::ambient_authority())
+        std::fs::create_dir_all(&self.sandboxes)
             .map_err(|e| PluginError::Sandbox(e.to_string()))?;
-        root.create_dir_all(format!("{tenant}/{pack}")).map_err(|e| PluginError::Sandbox(e.to_string()))?;
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(&self.sandboxes, cap_std::ambient_authority())
+                .map_err(|e| PluginError::Sandbox(e.to_string()))?;
+        root.create_dir_all(format!("{tenant}/{pack}"))
+            .map_err(|e| PluginError::Sandbox(e.to_string()))?;
         Ok(self.sandboxes.join(tenant).join(pack))
     }
 
     /// Run `item` to completion on `pack`'s component. Blocking: call it from
     /// a blocking thread (the kv imports wait on the store).
-    pub fn run(&self, pack: &InstalledPack, item: &WorkItem, rt: tokio::runtime::Handle) -> WorkOutcome {
+    pub fn run(
+        &self,
+        pack: &InstalledPack,
+        item: &WorkItem,
+        rt: tokio::runtime::Handle,
+    ) -> WorkOutcome {
         let Some(component) = &pack.component else {
             return WorkOutcome::Failed(format!("pack {} has no component", pack.record.id));
         };
@@ -99,7 +117,14 @@ impl PackRunner {
             topic: item.topic.clone(),
             tenant: item.tenant.clone(),
             input: item.input.clone(),
-            labels: item.labels.iter().map(|(k, v)| wit::Label { key: k.clone(), value: v.clone() }).collect(),
+            labels: item
+                .labels
+                .iter()
+                .map(|(k, v)| wit::Label {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
             attempt: item.attempt,
         };
         match bindings.cordum_pack_worker().call_handle(&mut store, &job) {

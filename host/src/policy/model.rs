@@ -68,7 +68,14 @@ impl PolicyRequest {
             risk_tags: self.risk_tags.clone(),
             requires: self.requires.clone(),
             pack_id: self.pack_id.clone(),
-            labels: self.labels.iter().map(|(k, v)| wit::Label { key: k.clone(), value: v.clone() }).collect(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| wit::Label {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -143,6 +150,12 @@ pub struct TraceEntry {
 
 impl From<wit::TraceEntry> for TraceEntry {
     fn from(t: wit::TraceEntry) -> Self {
-        TraceEntry { rule_id: t.rule_id, position: t.position, matched: t.matched, decisive: t.decisive, detail: t.detail }
+        TraceEntry {
+            rule_id: t.rule_id,
+            position: t.position,
+            matched: t.matched,
+            decisive: t.decisive,
+            detail: t.detail,
+        }
     }
 }

@@ -45,15 +45,28 @@ pub struct MemoryGuard {
 }
 
 impl ResourceLimiter for MemoryGuard {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.refused = true;
-            wasmtime::bail!("memory limit of {} bytes exceeded (wanted {desired})", self.max_bytes);
+            wasmtime::bail!(
+                "memory limit of {} bytes exceeded (wanted {desired})",
+                self.max_bytes
+            );
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 
@@ -78,7 +91,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -129,12 +145,17 @@ impl Runtime {
         let mut wasi = WasiCtxBuilder::new();
         if let Some(dir) = preopen {
             wasi.preopened_dir(dir, "/data", FsPerms::ReadWrite)
-                .map_err(|e| PluginError::Sandbox(format!("cannot open the plugin directory: {e}")))?;
+                .map_err(|e| {
+                    PluginError::Sandbox(format!("cannot open the plugin directory: {e}"))
+                })?;
         }
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            guard: MemoryGuard { max_bytes: limits.memory_bytes.min(self.limits.max_memory_bytes), refused: false },
+            guard: MemoryGuard {
+                max_bytes: limits.memory_bytes.min(self.limits.max_memory_bytes),
+                refused: false,
+            },
             ctx,
         };
         let mut store = Store::new(self.engine(), state);
@@ -144,7 +165,12 @@ impl Runtime {
     }
 
     /// Turn a wasmtime error from a call on `store` into a [`PluginError`].
-    pub fn classify(&self, store: &Store<HostState>, limits: SandboxLimits, err: wasmtime::Error) -> PluginError {
+    pub fn classify(
+        &self,
+        store: &Store<HostState>,
+        limits: SandboxLimits,
+        err: wasmtime::Error,
+    ) -> PluginError {
         if store.data().guard.refused {
             return PluginError::MemoryExceeded(store.data().guard.max_bytes);
         }

@@ -31,11 +31,25 @@ enum WriteRequest {
 /// The embedded backend.
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    writer: mpsc::Sender<WriteRequest>,
+    writer: Option<mpsc::Sender<WriteRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Let the writer finish what is queued and release the file.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn encode(revision: u64, ttl: Option<Duration>, payload: &[u8]) -> Vec<u8> {
@@ -57,7 +71,10 @@ fn decode(raw: &[u8], now: i64) -> StoreResult<Option<Entry>> {
     if expires != 0 && expires <= now {
         return Ok(None);
     }
-    Ok(Some(Entry { value: raw[HEADER..].to_vec(), revision }))
+    Ok(Some(Entry {
+        value: raw[HEADER..].to_vec(),
+        revision,
+    }))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -78,15 +95,23 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(writer_db, rx))
             .map_err(unavailable)?;
-        Ok(Self { db, writer: tx })
+        Ok(Self {
+            db,
+            writer: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     fn send(&self, req: WriteRequest) -> StoreResult<()> {
-        self.writer.send(req).map_err(|_| StoreError::Unavailable("store writer stopped".into()))
+        self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("store closed".into()))?
+            .send(req)
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))
     }
 }
 
@@ -140,7 +165,9 @@ fn commit_group(db: &Database, group: Vec<WriteRequest>) {
                             .map(|(k, _)| k.value().1)
                             .unwrap_or(0);
                         let seq = last + 1;
-                        streams.insert((stream.as_str(), seq), value.as_slice()).map_err(unavailable)?;
+                        streams
+                            .insert((stream.as_str(), seq), value.as_slice())
+                            .map_err(unavailable)?;
                         answers.push(Pending::Append(reply, seq));
                     }
                 }
@@ -195,11 +222,16 @@ fn apply_batch(
         let rev = existing.as_ref().map(|e| e.revision).unwrap_or(0);
         let ok = match op {
             Op::PutIfAbsent { .. } => existing.is_none(),
-            Op::PutIfRevision { expected, .. } | Op::DeleteIfRevision { expected, .. } => rev == *expected,
+            Op::PutIfRevision { expected, .. } | Op::DeleteIfRevision { expected, .. } => {
+                rev == *expected
+            }
             Op::Put { .. } | Op::Delete { .. } => true,
         };
         if !ok {
-            return Ok(BatchOutcome::Conflict { index, current: existing });
+            return Ok(BatchOutcome::Conflict {
+                index,
+                current: existing,
+            });
         }
         current.push(rev);
     }
@@ -208,9 +240,12 @@ fn apply_batch(
         match op {
             Op::Put { key, value, ttl }
             | Op::PutIfAbsent { key, value, ttl }
-            | Op::PutIfRevision { key, value, ttl, .. } => {
+            | Op::PutIfRevision {
+                key, value, ttl, ..
+            } => {
                 let new_rev = rev + 1;
-                kv.insert(key.as_str(), encode(new_rev, *ttl, value).as_slice()).map_err(unavailable)?;
+                kv.insert(key.as_str(), encode(new_rev, *ttl, value).as_slice())
+                    .map_err(unavailable)?;
                 revisions.push(new_rev);
             }
             Op::Delete { key } | Op::DeleteIfRevision { key, .. } => {
@@ -276,20 +311,30 @@ impl Store for EmbeddedStore {
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<BatchOutcome> {
         let (tx, rx) = oneshot::channel();
         self.send(WriteRequest::Apply(ops, tx))?;
-        rx.await.map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
     }
 
     async fn append(&self, stream: &str, value: Vec<u8>) -> StoreResult<u64> {
         let (tx, rx) = oneshot::channel();
         self.send(WriteRequest::Append(stream.to_string(), value, tx))?;
-        rx.await.map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
     }
 
-    async fn read_stream(&self, stream: &str, from: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(STREAMS).map_err(unavailable)?;
         let mut out = Vec::new();
-        for item in table.range((stream, from.max(1))..=(stream, u64::MAX)).map_err(unavailable)? {
+        for item in table
+            .range((stream, from.max(1))..=(stream, u64::MAX))
+            .map_err(unavailable)?
+        {
             let (k, v) = item.map_err(unavailable)?;
             out.push((k.value().1, v.value().to_vec()));
             if out.len() >= limit {
@@ -311,8 +356,16 @@ mod tests {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             let out = store
                 .apply(vec![
-                    Op::PutIfAbsent { key: "a".into(), value: b"1".to_vec(), ttl: None },
-                    Op::Put { key: "b".into(), value: b"2".to_vec(), ttl: None },
+                    Op::PutIfAbsent {
+                        key: "a".into(),
+                        value: b"1".to_vec(),
+                        ttl: None,
+                    },
+                    Op::Put {
+                        key: "b".into(),
+                        value: b"2".to_vec(),
+                        ttl: None,
+                    },
                 ])
                 .await
                 .unwrap();
@@ -320,8 +373,16 @@ mod tests {
             // Second create-if-absent conflicts and the Put beside it is not applied.
             let out = store
                 .apply(vec![
-                    Op::Put { key: "c".into(), value: b"3".to_vec(), ttl: None },
-                    Op::PutIfAbsent { key: "a".into(), value: b"x".to_vec(), ttl: None },
+                    Op::Put {
+                        key: "c".into(),
+                        value: b"3".to_vec(),
+                        ttl: None,
+                    },
+                    Op::PutIfAbsent {
+                        key: "a".into(),
+                        value: b"x".to_vec(),
+                        ttl: None,
+                    },
                 ])
                 .await
                 .unwrap();
@@ -329,7 +390,12 @@ mod tests {
             assert!(store.get("c").await.unwrap().is_none());
             // Compare-and-set.
             let out = store
-                .apply(vec![Op::PutIfRevision { key: "b".into(), value: b"22".to_vec(), expected: 1, ttl: None }])
+                .apply(vec![Op::PutIfRevision {
+                    key: "b".into(),
+                    value: b"22".to_vec(),
+                    expected: 1,
+                    ttl: None,
+                }])
                 .await
                 .unwrap();
             assert_eq!(out, BatchOutcome::Applied(vec![2]));
@@ -347,13 +413,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         store
-            .apply(vec![Op::Put { key: "t".into(), value: b"v".to_vec(), ttl: Some(Duration::from_millis(1)) }])
+            .apply(vec![Op::Put {
+                key: "t".into(),
+                value: b"v".to_vec(),
+                ttl: Some(Duration::from_millis(1)),
+            }])
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(store.get("t").await.unwrap().is_none());
         let out = store
-            .apply(vec![Op::PutIfAbsent { key: "t".into(), value: b"w".to_vec(), ttl: None }])
+            .apply(vec![Op::PutIfAbsent {
+                key: "t".into(),
+                value: b"w".to_vec(),
+                ttl: None,
+            }])
             .await
             .unwrap();
         assert!(matches!(out, BatchOutcome::Applied(_)));
