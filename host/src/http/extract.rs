@@ -30,10 +30,9 @@ async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
     {
-        if len > limit {
-            return Err(ApiError::too_large(limit));
-        }
+        return Err(ApiError::too_large(limit));
     }
     if let Some(ct) = req
         .headers()
@@ -76,10 +75,10 @@ pub fn json_error(e: serde_json::Error) -> ApiError {
     ))
     .code("invalid_json");
     for marker in ["unknown field `", "missing field `", "duplicate field `"] {
-        if let Some(rest) = text.split(marker).nth(1) {
-            if let Some(field) = rest.split('`').next() {
-                err = err.with("field", field);
-            }
+        if let Some(rest) = text.split(marker).nth(1)
+            && let Some(field) = rest.split('`').next()
+        {
+            err = err.with("field", field);
         }
     }
     if let Some(rest) = text.split("invalid type").nth(1) {

@@ -352,15 +352,15 @@ impl JobService {
                 hex::encode(Sha256::digest(k.as_bytes()))
             )
         });
-        if let Some(key) = &idem_key {
-            if let Some(entry) = self.repo.store().get(key).await? {
-                let record: IdempotencyRecord = entry.json()?;
-                return if record.request_hash == request_hash {
-                    Ok(record.outcome)
-                } else {
-                    Err(JobError::IdempotencyConflict)
-                };
-            }
+        if let Some(key) = &idem_key
+            && let Some(entry) = self.repo.store().get(key).await?
+        {
+            let record: IdempotencyRecord = entry.json()?;
+            return if record.request_hash == request_hash {
+                Ok(record.outcome)
+            } else {
+                Err(JobError::IdempotencyConflict)
+            };
         }
 
         let entry = self

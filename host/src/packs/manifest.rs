@@ -248,13 +248,14 @@ impl Manifest {
                 ));
             }
         }
-        if let Some(c) = &self.component {
-            if c.world != PACK_WORLD && c.world != "cordum:pack/pack-worker" {
-                return Err(format!(
-                    "component.world must be {PACK_WORLD}, not {:?}",
-                    c.world
-                ));
-            }
+        if let Some(c) = &self.component
+            && c.world != PACK_WORLD
+            && c.world != "cordum:pack/pack-worker"
+        {
+            return Err(format!(
+                "component.world must be {PACK_WORLD}, not {:?}",
+                c.world
+            ));
         }
         Ok(())
     }
