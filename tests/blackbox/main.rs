@@ -68,6 +68,8 @@ fn published_example_runs_with_curl_through_wasm_components() {
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert_eq!(job["result"]["message"], "hello from the gateway");
     assert_eq!(job["result"]["echo"], "hello from the gateway");
+    // Read by the component through cordum:host/config from the pack's pools overlay.
+    assert_eq!(job["result"]["pool"]["requires"][0], "local", "{job}");
     assert_eq!(job["safety_decision"], "ALLOW");
     assert_eq!(job["safety_rule_id"], "hello-pack-allow");
     assert_eq!(job["safety"]["rule_id"], "hello-pack-allow");
@@ -144,6 +146,17 @@ const DENY_POLICY: &str = r#"
 version: "blackbox-1"
 default_decision: deny
 rules:
+  - id: slow-down
+    match:
+      topics: ["job.hostile-pack.oom"]
+    decision: throttle
+    reason: "Too many memory-hungry jobs."
+  - id: review-escapes
+    match:
+      topics: ["job.hostile-pack.escape"]
+      risk_tags: ["fs"]
+    decision: require_approval
+    reason: "Filesystem jobs need a human."
   - id: no-hostile-echo
     match:
       topics: ["job.hostile-pack.echo"]
@@ -194,6 +207,43 @@ fn denied_topic_answers_403_with_job_id_and_stores_denied_job() {
         "{job}"
     );
     assert!(job["result"].is_null());
+    // Throttle: 429 with Retry-After, nothing stored.
+    let resp = gw.post(
+        ADMIN,
+        None,
+        "/api/v1/jobs",
+        &json!({"topic": "job.hostile-pack.oom", "input": {}}),
+    );
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let body = assert_envelope(resp, 429);
+    assert_eq!(body["rule_id"], "slow-down");
+    // Approval: held, not run.
+    let (status, held) = gw.submit(
+        ADMIN,
+        None,
+        json!({"topic": "job.hostile-pack.escape", "input": {}, "risk_tags": ["fs"]}),
+    );
+    assert_eq!(status, 200, "{held}");
+    assert_eq!(held["status"], "approval_required");
+    assert_eq!(held["rule_id"], "review-escapes");
+    let job: Value = gw
+        .get(
+            ADMIN,
+            None,
+            &format!("/api/v1/jobs/{}", held["job_id"].as_str().unwrap()),
+        )
+        .json()
+        .unwrap();
+    assert_eq!(job["state"], "APPROVAL_REQUIRED");
+    assert_eq!(job["approval_required"], true);
+    assert_eq!(job["attempts"], 0);
+    // Without the risk tag the escape rule does not match and the pack's allow rule does.
+    let (status, _) = gw.submit(
+        ADMIN,
+        None,
+        json!({"topic": "job.hostile-pack.escape", "input": {}}),
+    );
+    assert_eq!(status, 200);
     // Pack rules still apply after the base policy.
     let (status, ok) = gw.submit(ADMIN, None, echo("still allowed"));
     assert_eq!(status, 200, "{ok}");

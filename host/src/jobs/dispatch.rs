@@ -9,6 +9,7 @@ use super::repo::JobRepo;
 use super::submit::{DispatchMessage, JobService};
 use crate::bus::{Bus, Message};
 use crate::packs::PackRegistry;
+use crate::packs::install::SYSTEM_CONFIG_KEY;
 use crate::packs::runner::{PackRunner, WorkItem, WorkOutcome};
 use crate::runtime::PluginError;
 use crate::store::to_json;
@@ -132,9 +133,10 @@ impl Dispatcher {
                 .collect(),
             attempt: job.attempts,
         };
+        let config = Arc::new(self.effective_config().await);
         let runner = self.runner.clone();
         let handle = tokio::runtime::Handle::current();
-        let outcome = tokio::task::spawn_blocking(move || runner.run(&pack, &item, handle))
+        let outcome = tokio::task::spawn_blocking(move || runner.run(&pack, &item, config, handle))
             .await
             .unwrap_or_else(|e| {
                 WorkOutcome::Aborted(PluginError::Sandbox(format!("worker thread failed: {e}")))
@@ -200,6 +202,18 @@ impl Dispatcher {
                 self.finish(&id, JobState::Failed, None, Some((e.code(), e.to_string())))
                     .await
             }
+        }
+    }
+
+    /// The system configuration document's data (pack overlays included).
+    async fn effective_config(&self) -> serde_json::Value {
+        match self.repo.store().get(SYSTEM_CONFIG_KEY).await {
+            Ok(Some(entry)) => entry
+                .json::<serde_json::Value>()
+                .ok()
+                .and_then(|doc| doc.get("data").cloned())
+                .unwrap_or_else(|| serde_json::json!({})),
+            _ => serde_json::json!({}),
         }
     }
 

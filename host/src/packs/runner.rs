@@ -36,7 +36,6 @@ pub struct PackRunner {
     runtime: Arc<Runtime>,
     store: Arc<dyn Store>,
     sandboxes: PathBuf,
-    config: Arc<serde_json::Value>,
 }
 
 impl PackRunner {
@@ -45,7 +44,6 @@ impl PackRunner {
             runtime,
             store,
             sandboxes,
-            config: Arc::new(serde_json::json!({})),
         }
     }
 
@@ -75,12 +73,14 @@ impl PackRunner {
         Ok(self.sandboxes.join(tenant).join(pack))
     }
 
-    /// Run `item` to completion on `pack`'s component. Blocking: call it from
-    /// a blocking thread (the kv imports wait on the store).
+    /// Run `item` to completion on `pack`'s component, offering `config` (the
+    /// effective configuration) through `cordum:host/config`. Blocking: call
+    /// it from a blocking thread (the kv imports wait on the store).
     pub fn run(
         &self,
         pack: &InstalledPack,
         item: &WorkItem,
+        config: Arc<serde_json::Value>,
         rt: tokio::runtime::Handle,
     ) -> WorkOutcome {
         let Some(component) = &pack.component else {
@@ -101,7 +101,7 @@ impl PackRunner {
                 prefix: format!("kv:{}:{}:", item.tenant, pack.record.id),
                 runtime: rt,
             }),
-            config: self.config.clone(),
+            config,
         };
         let limits = pack.limits;
         let mut store = match self.runtime.new_store(ctx, limits, Some(&dir)) {

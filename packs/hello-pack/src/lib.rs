@@ -14,6 +14,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use cordum::host::config;
 use cordum::host::kv;
 use cordum::host::log::{Level, log};
 
@@ -104,12 +105,18 @@ impl Guest for Worker {
                 count.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
             ),
         );
+        // The pool this pack's overlay configured, read through the host's
+        // effective-config import (null when absent).
+        let pool = config::get("pools.pools.hello-pack")
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .unwrap_or(Value::Null);
         let output = json!({
             "message": input.message,
             "author": input.author,
             "echo": input.message,
             "job_id": job.job_id,
             "count": count,
+            "pool": pool,
         });
         Ok(output.to_string())
     }
