@@ -23,7 +23,12 @@ fn main() {
     }
 
     let wasm_target = root.join("target").join("wasm");
-    build_guests(&root, &wasm_target);
+    // CORDUM_GUEST_PREBUILT=1 reuses the guest components built last time
+    // (for host-only iterations while a guest is being edited).
+    println!("cargo:rerun-if-env-changed=CORDUM_GUEST_PREBUILT");
+    if std::env::var("CORDUM_GUEST_PREBUILT").as_deref() != Ok("1") {
+        build_guests(&root, &wasm_target);
+    }
     let release = wasm_target.join("wasm32-wasip2").join("release");
     for name in COMPONENTS {
         let from = release.join(format!("{name}.wasm"));
@@ -33,43 +38,27 @@ fn main() {
 
     // Default catalog: packs/catalog.json lists the first-party packs; each
     // gets bundled with its compiled component and its digest filled in.
-    let source: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root.join("packs/catalog.json")).expect("read packs/catalog.json"),
-    )
-    .expect("packs/catalog.json is JSON");
+    let source: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("packs/catalog.json")).expect("read packs/catalog.json"))
+            .expect("packs/catalog.json is JSON");
     let mut catalog = source.clone();
     let mut embedded = String::from(
         "/// Bundles of the default catalog, embedded at build time.\npub static BUNDLES: &[(&str, &[u8])] = &[\n",
     );
-    for entry in catalog["packs"]
-        .as_array_mut()
-        .expect("catalog has packs[]")
-    {
+    for entry in catalog["packs"].as_array_mut().expect("catalog has packs[]") {
         let id = entry["id"].as_str().unwrap().to_string();
         let version = entry["version"].as_str().unwrap().to_string();
-        let dir = root
-            .join("packs")
-            .join(entry["path"].as_str().unwrap_or(&id));
+        let dir = root.join("packs").join(entry["path"].as_str().unwrap_or(&id));
         let crate_stem = id.replace('-', "_");
         let file = format!("{id}-{version}.tgz");
-        let digest = bundle_pack(
-            &dir,
-            &release.join(format!("{crate_stem}.wasm")),
-            &out.join(&file),
-        );
+        let digest = bundle_pack(&dir, &release.join(format!("{crate_stem}.wasm")), &out.join(&file));
         entry["url"] = serde_json::Value::String(format!("embedded:{file}"));
         entry["sha256"] = serde_json::Value::String(digest);
         entry.as_object_mut().unwrap().remove("path");
-        embedded.push_str(&format!(
-            "    ({file:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{file}\"))),\n"
-        ));
+        embedded.push_str(&format!("    ({file:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{file}\"))),\n"));
     }
     embedded.push_str("];\n");
-    std::fs::write(
-        out.join("catalog.json"),
-        serde_json::to_vec_pretty(&catalog).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(out.join("catalog.json"), serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
     std::fs::write(out.join("embedded_packs.rs"), embedded).unwrap();
 
     // Test fixture packs (hostile-pack): a catalog with absolute paths, used by
@@ -83,34 +72,18 @@ fn main() {
         "packs": [{"id": "hostile-pack", "version": "0.1.0", "title": "Hostile test pack",
                     "url": tgz.display().to_string(), "sha256": digest, "default": true}]
     });
-    std::fs::write(
-        test_dir.join("catalog.json"),
-        serde_json::to_vec_pretty(&test_catalog).unwrap(),
-    )
-    .unwrap();
-    println!(
-        "cargo:rustc-env=CORDUM_TEST_PACKS_DIR={}",
-        test_dir.display()
-    );
-    println!(
-        "cargo:rustc-env=CORDUM_GUEST_WASM_DIR={}",
-        release.display()
-    );
+    std::fs::write(test_dir.join("catalog.json"), serde_json::to_vec_pretty(&test_catalog).unwrap()).unwrap();
+    println!("cargo:rustc-env=CORDUM_TEST_PACKS_DIR={}", test_dir.display());
+    println!("cargo:rustc-env=CORDUM_GUEST_WASM_DIR={}", release.display());
 }
 
 fn build_guests(root: &Path, target_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--manifest-path",
-    ])
-    .arg(root.join("plugins/Cargo.toml"))
-    .arg("--target-dir")
-    .arg(target_dir);
+    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(root.join("plugins/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
     // Do not leak the outer build's settings into the guest build.
     for (key, _) in std::env::vars() {
         let keep = matches!(key.as_str(), "CARGO_HOME" | "CARGO_MAKEFLAGS")
@@ -137,30 +110,19 @@ fn build_guests(root: &Path, target_dir: &Path) {
             cmd.env_remove(&key);
         }
     }
-    let status = cmd
-        .status()
-        .expect("run cargo for the wasm32-wasip2 guests");
-    assert!(
-        status.success(),
-        "building the guest components failed (see the output above)"
-    );
+    let status = cmd.status().expect("run cargo for the wasm32-wasip2 guests");
+    assert!(status.success(), "building the guest components failed (see the output above)");
 }
 
 /// Bundle a pack directory (pack.yaml, schemas/, workflows/, overlays/) with
 /// its compiled component as `component.wasm`; returns the sha256 hex.
 fn bundle_pack(dir: &Path, component: &Path, out: &Path) -> String {
     let mut files = Vec::new();
-    files.push((
-        "pack.yaml".to_string(),
-        std::fs::read(dir.join("pack.yaml")).expect("pack.yaml"),
-    ));
+    files.push(("pack.yaml".to_string(), std::fs::read(dir.join("pack.yaml")).expect("pack.yaml")));
     for sub in ["schemas", "workflows", "overlays"] {
         collect(dir, &dir.join(sub), &mut files);
     }
-    files.push((
-        "component.wasm".to_string(),
-        std::fs::read(component).expect("component wasm"),
-    ));
+    files.push(("component.wasm".to_string(), std::fs::read(component).expect("component wasm")));
     let bytes = archive::write_bundle(&files).expect("write bundle");
     std::fs::write(out, &bytes).unwrap();
     hex::encode(Sha256::digest(&bytes))
@@ -175,11 +137,7 @@ fn collect(base: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>) {
         if path.is_dir() {
             collect(base, &path, files);
         } else {
-            let rel = path
-                .strip_prefix(base)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
+            let rel = path.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
             files.push((rel, std::fs::read(&path).unwrap()));
         }
     }

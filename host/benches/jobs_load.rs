@@ -23,14 +23,7 @@ const API_KEY: &str = "bench-key-0123456789";
 const TENANT: &str = "default";
 const TOPIC: &str = "job.hello-pack.echo";
 const WAIT_MS: u64 = 5000;
-const TERMINAL: [&str; 6] = [
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "DENIED",
-    "OUTPUT_QUARANTINED",
-];
+const TERMINAL: [&str; 6] = ["SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "DENIED", "OUTPUT_QUARANTINED"];
 
 /// Kills the gateway when dropped, also when the bench panics.
 struct Gateway {
@@ -46,11 +39,7 @@ impl Drop for Gateway {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 fn start_gateway(data_dir: &std::path::Path) -> Gateway {
@@ -70,10 +59,7 @@ fn start_gateway(data_dir: &std::path::Path) -> Gateway {
         .expect("start cordum");
     let stdout = child.stdout.take().expect("stdout");
     // Build the guard before waiting, so a timeout's panic kills the child.
-    let mut gw = Gateway {
-        child,
-        base: String::new(),
-    };
+    let mut gw = Gateway { child, base: String::new() };
     let (tx, rx) = mpsc::channel();
     // Keep draining stdout for the gateway's whole life.
     std::thread::spawn(move || {
@@ -91,20 +77,14 @@ fn start_gateway(data_dir: &std::path::Path) -> Gateway {
                     return gw;
                 }
             }
-            Err(_) => panic!(
-                "gateway did not print CORDUM_LISTENING= within 120 s (status {:?})",
-                gw.child.try_wait()
-            ),
+            Err(_) => panic!("gateway did not print CORDUM_LISTENING= within 120 s (status {:?})", gw.child.try_wait()),
         }
     }
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
         Err(_) => default,
     }
 }
@@ -188,12 +168,7 @@ async fn client(
             if measured {
                 stats.gets += 1;
             }
-            let resp = http
-                .get(&job_url)
-                .header("X-API-Key", API_KEY)
-                .header("X-Tenant-ID", TENANT)
-                .send()
-                .await;
+            let resp = http.get(&job_url).header("X-API-Key", API_KEY).header("X-Tenant-ID", TENANT).send().await;
             let job: Value = match resp {
                 Ok(r) if r.status().is_success() => match r.json().await {
                     Ok(v) => v,
@@ -259,26 +234,15 @@ fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let concurrency: usize = env_or("BENCH_CONCURRENCY", if bench_mode { 32 } else { 4 }).max(1);
     let seconds: f64 = env_or("BENCH_SECONDS", if bench_mode { 10.0 } else { 1.0 });
-    let warmup = if bench_mode {
-        Duration::from_secs(2)
-    } else {
-        Duration::ZERO
-    };
+    let warmup = if bench_mode { Duration::from_secs(2) } else { Duration::ZERO };
     let duration = Duration::from_secs_f64(seconds.max(0.1));
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
     let gw = start_gateway(&tmp.path().join("data"));
-    println!(
-        "jobs_load: gateway at {} ready in {:.1} s",
-        gw.base,
-        started.elapsed().as_secs_f64()
-    );
+    println!("jobs_load: gateway at {} ready in {:.1} s", gw.base, started.elapsed().as_secs_f64());
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
     let (all, measure_from) = rt.block_on(async {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
@@ -290,15 +254,7 @@ fn main() {
         let measure_from = Instant::now() + warmup;
         let end = measure_from + duration;
         let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                tokio::spawn(client(
-                    http.clone(),
-                    base.clone(),
-                    counter.clone(),
-                    measure_from,
-                    end,
-                ))
-            })
+            .map(|_| tokio::spawn(client(http.clone(), base.clone(), counter.clone(), measure_from, end)))
             .collect();
         let mut all = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -307,9 +263,7 @@ fn main() {
         (all, measure_from)
     });
     let last = all.iter().filter_map(|s| s.last_end).max();
-    let window = last
-        .map(|l| l.saturating_duration_since(measure_from))
-        .unwrap_or(duration);
+    let window = last.map(|l| l.saturating_duration_since(measure_from)).unwrap_or(duration);
     report(&all, concurrency, duration, window);
     drop(rt);
     drop(gw);
@@ -341,9 +295,6 @@ fn report(all: &[ClientStats], concurrency: usize, duration: Duration, window: D
         job.len() as f64 / window.as_secs_f64().max(1e-9),
         gets as f64 / finished.max(1) as f64
     );
-    println!(
-        "jobs_load: {}",
-        line("job latency (POST start to terminal GET end)", &job)
-    );
+    println!("jobs_load: {}", line("job latency (POST start to terminal GET end)", &job));
     println!("jobs_load: {}", line("POST latency", &post));
 }

@@ -49,10 +49,7 @@ fn last_topic(n: usize) -> String {
 }
 
 fn labels() -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("env".to_string(), "bench".to_string()),
-        ("team".to_string(), "perf".to_string()),
-    ])
+    BTreeMap::from([("env".to_string(), "bench".to_string()), ("team".to_string(), "perf".to_string())])
 }
 
 struct Case {
@@ -63,22 +60,10 @@ struct Case {
     native_req: cordum_policy_engine::Request,
 }
 
-fn setup(
-    rt: &Arc<Runtime>,
-    store: &Arc<dyn Store>,
-    tokio: &tokio::runtime::Runtime,
-    n: usize,
-) -> Case {
+fn setup(rt: &Arc<Runtime>, store: &Arc<dyn Store>, tokio: &tokio::runtime::Runtime, n: usize) -> Case {
     let yaml = policy_yaml(n);
-    let comp = rt
-        .load(cordum::app::POLICY_RULES_WASM, World::Policy)
-        .expect("load policy component");
-    let wasm = PolicyService::new(
-        rt.clone(),
-        comp,
-        store.clone(),
-        Some(("base".into(), yaml.clone())),
-    );
+    let comp = rt.load(cordum::app::POLICY_RULES_WASM, World::Policy).expect("load policy component");
+    let wasm = PolicyService::new(rt.clone(), comp, store.clone(), Some(("base".into(), yaml.clone())));
     tokio.block_on(wasm.reload()).expect("reload policy");
     let wasm_req = PolicyRequest {
         topic: last_topic(n),
@@ -87,11 +72,8 @@ fn setup(
         labels: labels(),
         ..Default::default()
     };
-    let native = cordum_policy_engine::load(&[cordum_policy_engine::Bundle {
-        id: "base".into(),
-        content: yaml,
-    }])
-    .expect("native load");
+    let native = cordum_policy_engine::load(&[cordum_policy_engine::Bundle { id: "base".into(), content: yaml }])
+        .expect("native load");
     let native_req = cordum_policy_engine::Request {
         topic: last_topic(n),
         tenant: TENANT.into(),
@@ -104,38 +86,16 @@ fn setup(
     // the last rule. This first call also loads the warm instance.
     let want = format!("r{}", n - 1);
     let d = wasm.evaluate(TENANT, &wasm_req).expect("wasm evaluate");
-    assert_eq!(
-        d.decision,
-        DecisionKind::Allow,
-        "wasm decision for {n} rules: {d:?}"
-    );
+    assert_eq!(d.decision, DecisionKind::Allow, "wasm decision for {n} rules: {d:?}");
     assert_eq!(d.rule_id, want, "wasm deciding rule for {n} rules");
     let d = native.evaluate(&native_req);
-    assert_eq!(
-        d.kind,
-        cordum_policy_engine::DecisionKind::Allow,
-        "native decision for {n} rules: {d:?}"
-    );
+    assert_eq!(d.kind, cordum_policy_engine::DecisionKind::Allow, "native decision for {n} rules: {d:?}");
     assert_eq!(d.rule_id, want, "native deciding rule for {n} rules");
     // A topic no rule matches falls to the default on both sides.
-    let miss = PolicyRequest {
-        topic: "job.bench.none".into(),
-        ..wasm_req.clone()
-    };
-    assert_eq!(
-        wasm.evaluate(TENANT, &miss)
-            .expect("wasm evaluate")
-            .decision,
-        DecisionKind::Deny
-    );
+    let miss = PolicyRequest { topic: "job.bench.none".into(), ..wasm_req.clone() };
+    assert_eq!(wasm.evaluate(TENANT, &miss).expect("wasm evaluate").decision, DecisionKind::Deny);
 
-    Case {
-        n,
-        wasm,
-        wasm_req,
-        native,
-        native_req,
-    }
+    Case { n, wasm, wasm_req, native, native_req }
 }
 
 /// Mean time per call over `iters` calls (after a short warm-up).
@@ -155,27 +115,15 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let rt = Runtime::new(&tmp.path().join("cache"), RuntimeLimits::default()).expect("runtime");
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(tmp.path()).expect("store"));
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let cases: Vec<Case> = SIZES
-        .iter()
-        .map(|&n| setup(&rt, &store, &tokio, n))
-        .collect();
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    let cases: Vec<Case> = SIZES.iter().map(|&n| setup(&rt, &store, &tokio, n)).collect();
 
     let mut c = Criterion::default().configure_from_args();
     {
         let mut group = c.benchmark_group("policy");
         for case in &cases {
             group.bench_with_input(BenchmarkId::new("wasm", case.n), case, |b, case| {
-                b.iter(|| {
-                    black_box(
-                        case.wasm
-                            .evaluate(TENANT, black_box(&case.wasm_req))
-                            .expect("evaluate"),
-                    )
-                })
+                b.iter(|| black_box(case.wasm.evaluate(TENANT, black_box(&case.wasm_req)).expect("evaluate")))
             });
             group.bench_with_input(BenchmarkId::new("native", case.n), case, |b, case| {
                 b.iter(|| black_box(case.native.evaluate(black_box(&case.native_req))))
@@ -193,11 +141,7 @@ fn main() {
     let mut summary = format!("policy summary ({iters} iterations per side):");
     for case in &cases {
         let wasm = per_call(iters, || {
-            black_box(
-                case.wasm
-                    .evaluate(TENANT, black_box(&case.wasm_req))
-                    .expect("evaluate"),
-            );
+            black_box(case.wasm.evaluate(TENANT, black_box(&case.wasm_req)).expect("evaluate"));
         });
         let native = per_call(iters, || {
             black_box(case.native.evaluate(black_box(&case.native_req)));

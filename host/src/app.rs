@@ -7,6 +7,7 @@ use crate::bus::Bus;
 use crate::bus::inprocess::InProcessBus;
 use crate::jobs::JobService;
 use crate::jobs::dispatch::Dispatcher;
+use crate::jobs::pools::PoolManager;
 use crate::jobs::repo::JobRepo;
 use crate::packs::PackRegistry;
 use crate::packs::catalog::CatalogSource;
@@ -38,6 +39,7 @@ pub struct App {
     pub installer: PackInstaller,
     pub jobs: JobService,
     pub dispatcher: Arc<Dispatcher>,
+    pub pools: Arc<PoolManager>,
     pub started: Instant,
     pub max_body_bytes: usize,
 }
@@ -60,29 +62,17 @@ impl App {
 
         let env_key = std::env::var("CORDUM_API_KEY").ok();
         let env_keys = std::env::var("CORDUM_API_KEYS").ok();
-        let (auth, bootstrap) = AuthService::start(
-            store.clone(),
-            env_key.as_deref(),
-            env_keys.as_deref(),
-            &args.default_tenant,
-        )
-        .await
-        .map_err(anyhow::Error::msg)?;
+        let (auth, bootstrap) =
+            AuthService::start(store.clone(), env_key.as_deref(), env_keys.as_deref(), &args.default_tenant)
+                .await
+                .map_err(anyhow::Error::msg)?;
 
         let base = match &args.policy_file {
-            Some(path) => Some((
-                format!("base:{}", path.display()),
-                std::fs::read_to_string(path)?,
-            )),
+            Some(path) => Some((format!("base:{}", path.display()), std::fs::read_to_string(path)?)),
             None => None,
         };
         let policy_component = runtime.load(POLICY_RULES_WASM, World::Policy)?;
-        let policy = Arc::new(PolicyService::new(
-            runtime.clone(),
-            policy_component,
-            store.clone(),
-            base,
-        ));
+        let policy = Arc::new(PolicyService::new(runtime.clone(), policy_component, store.clone(), base));
         let schema_component = runtime.load(JSON_SCHEMA_WASM, World::Schema)?;
         let schemas = Arc::new(SchemaService::new(runtime.clone(), schema_component));
         let registry = Arc::new(PackRegistry::new());
@@ -110,44 +100,32 @@ impl App {
                     if registry.pack(&entry.id).is_some() {
                         continue;
                     }
-                    let record = installer
-                        .install_from_catalog(source, entry, "system:first-start")
-                        .await?;
+                    let record = installer.install_from_catalog(source, entry, "system:first-start").await?;
                     installed.push(format!("{}@{}", record.id, record.version));
                 }
             }
             let marker = serde_json::json!({"at": chrono::Utc::now(), "installed": installed});
-            store
-                .apply(vec![Op::put_json(INITIALIZED, &marker)])
-                .await?;
+            store.apply(vec![Op::put_json(INITIALIZED, &marker)]).await?;
         }
 
+        let pools = Arc::new(PoolManager::load(store.clone()).await?);
+        for pack in registry.packs().iter().filter(|p| p.component.is_some()) {
+            pools.ensure_default_pool(&pack.record.id, limits.pack_concurrency as u32).await?;
+        }
         let repo = JobRepo::new(store.clone());
-        let runner = Arc::new(PackRunner::new(
-            runtime.clone(),
-            store.clone(),
-            data.join("sandboxes"),
-        ));
-        let dispatcher = Dispatcher::new(
-            repo.clone(),
-            bus.clone(),
-            registry.clone(),
-            runner,
-            limits.pack_concurrency,
-        );
+        let runner = Arc::new(PackRunner::new(runtime.clone(), store.clone(), data.join("sandboxes")));
+        let dispatcher =
+            Dispatcher::new(repo.clone(), bus.clone(), registry.clone(), runner, pools.clone(), limits.retry_base);
         dispatcher.start_all().await.map_err(anyhow::Error::msg)?;
         let jobs = JobService::new(
             repo,
-            bus.clone(),
+            dispatcher.clone(),
             policy.clone(),
             schemas.clone(),
             registry.clone(),
             Duration::from_secs(args.idempotency_ttl_seconds),
         );
-        let recovered = dispatcher
-            .recover(&jobs)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let recovered = dispatcher.recover().await.map_err(anyhow::Error::msg)?;
 
         let app = Arc::new(App {
             store,
@@ -160,6 +138,7 @@ impl App {
             installer,
             jobs,
             dispatcher,
+            pools,
             started: Instant::now(),
             max_body_bytes: args.max_body_bytes,
         });
@@ -167,13 +146,6 @@ impl App {
             Bootstrap::Generated(k) => Some(k),
             _ => None,
         };
-        Ok((
-            app,
-            StartReport {
-                generated_key,
-                installed,
-                recovered,
-            },
-        ))
+        Ok((app, StartReport { generated_key, installed, recovered }))
     }
 }

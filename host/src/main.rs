@@ -5,11 +5,7 @@ use cordum::app::App;
 use cordum::settings::ServeArgs;
 
 #[derive(Parser)]
-#[command(
-    name = "cordum",
-    version,
-    about = "Cordum-compatible control-plane gateway hosting WebAssembly plugins"
-)]
+#[command(name = "cordum", version, about = "Cordum-compatible control-plane gateway hosting WebAssembly plugins")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,9 +26,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
     }
@@ -43,18 +37,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(key) = &report.generated_key {
         // Printed once, on the first start; only its digest is stored.
         println!("CORDUM_BOOTSTRAP_API_KEY={key}");
-        eprintln!(
-            "Generated the bootstrap admin API key (shown once, stored only as a hash):\n  {key}"
-        );
+        eprintln!("Generated the bootstrap admin API key (shown once, stored only as a hash):\n  {key}");
     }
     for pack in &report.installed {
         tracing::info!(%pack, "installed default pack");
     }
     if report.recovered > 0 {
-        tracing::info!(
-            jobs = report.recovered,
-            "re-dispatched jobs that were in flight"
-        );
+        tracing::info!(jobs = report.recovered, "re-dispatched jobs that were in flight");
     }
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let addr = listener.local_addr()?;
@@ -62,9 +51,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "cordum gateway listening");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    axum::serve(listener, cordum::http::router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, cordum::http::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
 }
 

@@ -60,9 +60,12 @@ pub struct LimitArgs {
     /// Instances the pooling allocator can hold at once.
     #[arg(long, env = "CORDUM_POOL_INSTANCES", default_value_t = 256)]
     pub pool_instances: u32,
-    /// Epoch tick (granularity of CPU deadlines), milliseconds.
+    /// Epoch tick (granularity of CPU deadlines and cancellation), milliseconds.
     #[arg(long, env = "CORDUM_EPOCH_TICK_MS", default_value_t = 5)]
     pub epoch_tick_ms: u64,
+    /// First retry delay, milliseconds; each retry doubles it (plus jitter, capped at 30 s).
+    #[arg(long, env = "CORDUM_RETRY_BASE_MS", default_value_t = 200)]
+    pub retry_base_ms: u64,
 }
 
 /// Resolved runtime limits.
@@ -74,6 +77,7 @@ pub struct RuntimeLimits {
     pub plugin: SandboxLimits,
     pub pack: SandboxLimits,
     pub pack_concurrency: usize,
+    pub retry_base: Duration,
 }
 
 impl LimitArgs {
@@ -91,6 +95,7 @@ impl LimitArgs {
                 timeout: Duration::from_millis(self.pack_timeout_ms),
             },
             pack_concurrency: self.pack_concurrency.max(1),
+            retry_base: Duration::from_millis(self.retry_base_ms.max(1)),
         }
     }
 }
@@ -101,15 +106,10 @@ impl Default for RuntimeLimits {
             epoch_tick: Duration::from_millis(5),
             pool_instances: 64,
             max_memory_bytes: 512 << 20,
-            plugin: SandboxLimits {
-                memory_bytes: 64 << 20,
-                timeout: Duration::from_secs(1),
-            },
-            pack: SandboxLimits {
-                memory_bytes: 64 << 20,
-                timeout: Duration::from_secs(30),
-            },
+            plugin: SandboxLimits { memory_bytes: 64 << 20, timeout: Duration::from_secs(1) },
+            pack: SandboxLimits { memory_bytes: 64 << 20, timeout: Duration::from_secs(30) },
             pack_concurrency: 16,
+            retry_base: Duration::from_millis(200),
         }
     }
 }

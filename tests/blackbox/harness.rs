@@ -35,11 +35,7 @@ pub struct Gateway {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Gateway {
@@ -54,14 +50,9 @@ impl Gateway {
     fn spawn(data_dir: &Path, options: Options) -> Gateway {
         let port = free_port();
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir);
+        cmd.arg("serve").arg("--addr").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(data_dir);
         if options.hostile_pack {
-            cmd.arg("--catalog")
-                .arg(Path::new(TEST_PACKS).join("catalog.json"));
+            cmd.arg("--catalog").arg(Path::new(TEST_PACKS).join("catalog.json"));
         }
         if let Some(policy) = &options.policy {
             std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
@@ -70,9 +61,7 @@ impl Gateway {
             cmd.arg("--policy").arg(path);
         }
         cmd.args(&options.args);
-        cmd.env_remove("CORDUM_API_KEY")
-            .env_remove("CORDUM_API_KEYS")
-            .env("CORDUM_LOG", "warn");
+        cmd.env_remove("CORDUM_API_KEY").env_remove("CORDUM_API_KEYS").env("CORDUM_LOG", "warn");
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
@@ -109,10 +98,7 @@ impl Gateway {
             _tmp: None,
             child,
             generated_key,
-            client: Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
+            client: Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
             options,
         }
     }
@@ -130,6 +116,12 @@ impl Gateway {
         self._tmp = old.keep_tmp();
     }
 
+    /// Like [`restart`](Self::restart) with another base policy file.
+    pub fn restart_with_policy(&mut self, env: Vec<(String, String)>, policy: &str) {
+        self.options.policy = Some(policy.to_string());
+        self.restart(env);
+    }
+
     fn keep_tmp(mut self) -> Option<tempfile::TempDir> {
         self._tmp.take()
     }
@@ -139,11 +131,7 @@ impl Gateway {
     }
 
     pub fn post(&self, key: &str, tenant: Option<&str>, path: &str, body: &Value) -> Response {
-        let mut req = self
-            .client
-            .post(self.url(path))
-            .header("X-API-Key", key)
-            .json(body);
+        let mut req = self.client.post(self.url(path)).header("X-API-Key", key).json(body);
         if let Some(t) = tenant {
             req = req.header("X-Tenant-ID", t);
         }
@@ -179,10 +167,7 @@ impl Gateway {
             ) {
                 return job;
             }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} still {state} after {limit:?}"
-            );
+            assert!(Instant::now() < deadline, "job {id} still {state} after {limit:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -2,39 +2,41 @@
 //! a fresh data dir and speaks HTTP to it.
 
 mod harness;
+mod lifecycle;
 
 use harness::{Gateway, Options, assert_envelope};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "admin-key-0123456789";
+pub(crate) const ADMIN: &str = "admin-key-0123456789";
 /// Tenant-bound keys: `acme` and `globex` are separate tenants.
-const ACME: &str = "acme-key-0123456789";
-const GLOBEX: &str = "globex-key-0123456789";
-const VIEWER: &str = "viewer-key-0123456789";
+pub(crate) const ACME: &str = "acme-key-0123456789";
+pub(crate) const GLOBEX: &str = "globex-key-0123456789";
+pub(crate) const VIEWER: &str = "viewer-key-0123456789";
+/// A second admin in `acme` (approvals need someone other than the submitter).
+pub(crate) const ACME_ADMIN: &str = "acme-admin-key-0123456789";
 
-fn keys_env() -> Vec<(String, String)> {
+pub(crate) fn keys_env() -> Vec<(String, String)> {
     vec![
         ("CORDUM_API_KEY".into(), ADMIN.into()),
         (
             "CORDUM_API_KEYS".into(),
-            format!("acme:{ACME}:user:alice,globex:{GLOBEX}:admin:bob,default:{VIEWER}:viewer"),
+            format!(
+                "acme:{ACME}:user:alice,globex:{GLOBEX}:admin:bob,default:{VIEWER}:viewer,acme:{ACME_ADMIN}:admin:carol"
+            ),
         ),
     ]
 }
 
 fn gateway() -> Gateway {
-    Gateway::start(Options {
-        env: keys_env(),
-        ..Default::default()
-    })
+    Gateway::start(Options { env: keys_env(), ..Default::default() })
 }
 
-fn echo(message: &str) -> Value {
+pub(crate) fn echo(message: &str) -> Value {
     json!({"topic": "job.hello-pack.echo", "input": {"message": message}})
 }
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn published_example_runs_with_curl_through_wasm_components() {
@@ -42,24 +44,12 @@ fn published_example_runs_with_curl_through_wasm_components() {
     // The API reference's own example, sent with curl.
     let out = std::process::Command::new("curl")
         .args(["-sS", "-X", "POST", &gw.url("/api/v1/jobs")])
-        .args([
-            "-H",
-            &format!("X-API-Key: {ADMIN}"),
-            "-H",
-            "X-Tenant-ID: default",
-        ])
+        .args(["-H", &format!("X-API-Key: {ADMIN}"), "-H", "X-Tenant-ID: default"])
         .args(["-H", "Content-Type: application/json"])
-        .args([
-            "-d",
-            r#"{"topic": "job.hello-pack.echo", "input": {"message": "hello from the gateway"}}"#,
-        ])
+        .args(["-d", r#"{"topic": "job.hello-pack.echo", "input": {"message": "hello from the gateway"}}"#])
         .output()
         .expect("curl is installed");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
     let submitted: Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
     let id = submitted["job_id"].as_str().expect("job_id").to_string();
     assert!(submitted["trace_id"].is_string());
@@ -75,49 +65,25 @@ fn published_example_runs_with_curl_through_wasm_components() {
     assert_eq!(job["safety"]["rule_id"], "hello-pack-allow");
     assert!(job["safety_snapshot"].as_str().unwrap().starts_with("cfg:"));
     assert_eq!(job["input"]["message"], "hello from the gateway");
-    let states: Vec<&str> = job["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["state"].as_str().unwrap())
-        .collect();
+    let states: Vec<&str> = job["history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["PENDING", "SCHEDULED", "RUNNING", "SUCCEEDED"]);
 }
 
 #[test]
 fn schema_violations_are_listed_and_nothing_runs() {
     let gw = gateway();
-    for bad in [
-        json!({"author": "x"}),
-        json!({"message": "hi", "extra": 1}),
-        json!({"message": 5}),
-    ] {
-        let resp = gw.post(
-            ADMIN,
-            None,
-            "/api/v1/jobs",
-            &json!({"topic": "job.hello-pack.echo", "input": bad}),
-        );
+    for bad in [json!({"author": "x"}), json!({"message": "hi", "extra": 1}), json!({"message": 5})] {
+        let resp = gw.post(ADMIN, None, "/api/v1/jobs", &json!({"topic": "job.hello-pack.echo", "input": bad}));
         let body = assert_envelope(resp, 400);
         assert_eq!(body["code"], "schema_validation_failed", "{body}");
         let violations = body["violations"].as_array().expect("violations");
         assert!(!violations.is_empty());
         for v in violations {
-            assert!(
-                v["keyword"].is_string()
-                    && v["message"].is_string()
-                    && v["instance_path"].is_string(),
-                "{v}"
-            );
+            assert!(v["keyword"].is_string() && v["message"].is_string() && v["instance_path"].is_string(), "{v}");
         }
     }
     let missing = assert_envelope(
-        gw.post(
-            ADMIN,
-            None,
-            "/api/v1/jobs",
-            &json!({"topic": "job.hello-pack.echo", "input": {}}),
-        ),
+        gw.post(ADMIN, None, "/api/v1/jobs", &json!({"topic": "job.hello-pack.echo", "input": {}})),
         400,
     );
     assert_eq!(missing["violations"][0]["keyword"], "required", "{missing}");
@@ -130,10 +96,7 @@ fn schema_violations_are_listed_and_nothing_runs() {
         ),
         400,
     );
-    assert_eq!(
-        extra["violations"][0]["keyword"], "additionalProperties",
-        "{extra}"
-    );
+    assert_eq!(extra["violations"][0]["keyword"], "additionalProperties", "{extra}");
     // The pack keeps a per-tenant counter of executions: the rejected jobs never ran.
     let (status, body) = gw.submit(ADMIN, None, echo("valid"));
     assert_eq!(status, 200, "{body}");
@@ -142,7 +105,7 @@ fn schema_violations_are_listed_and_nothing_runs() {
     assert_eq!(job["result"]["count"], 1, "only the valid job ran: {job}");
 }
 
-const DENY_POLICY: &str = r#"
+pub(crate) const DENY_POLICY: &str = r#"
 version: "blackbox-1"
 default_decision: deny
 rules:
@@ -176,73 +139,38 @@ fn denied_topic_answers_403_with_job_id_and_stores_denied_job() {
         policy: Some(DENY_POLICY.into()),
         ..Default::default()
     });
-    let resp = gw.post(
-        ADMIN,
-        Some("default"),
-        "/api/v1/jobs",
-        &json!({"topic": "job.hostile-pack.echo", "input": {"a": 1}}),
-    );
+    let resp =
+        gw.post(ADMIN, Some("default"), "/api/v1/jobs", &json!({"topic": "job.hostile-pack.echo", "input": {"a": 1}}));
     let body = assert_envelope(resp, 403);
     assert_eq!(body["code"], "policy_denied");
     assert_eq!(body["rule_id"], "no-hostile-echo");
     assert_eq!(body["decision"], "DENY");
-    let id = body["job_id"]
-        .as_str()
-        .expect("job_id in the 403")
-        .to_string();
-    let job: Value = gw
-        .get(ADMIN, Some("default"), &format!("/api/v1/jobs/{id}"))
-        .json()
-        .unwrap();
+    let id = body["job_id"].as_str().expect("job_id in the 403").to_string();
+    let job: Value = gw.get(ADMIN, Some("default"), &format!("/api/v1/jobs/{id}")).json().unwrap();
     assert_eq!(job["state"], "DENIED");
     assert_eq!(job["safety_decision"], "DENY");
     assert_eq!(job["safety_rule_id"], "no-hostile-echo");
     assert_eq!(job["safety_reason"], "Hostile echo is not allowed here.");
     assert_eq!(job["safety_remediations"][0]["id"], "use-hello");
-    assert!(
-        job["safety_snapshot"]
-            .as_str()
-            .unwrap()
-            .starts_with("blackbox-1:"),
-        "{job}"
-    );
+    assert!(job["safety_snapshot"].as_str().unwrap().starts_with("blackbox-1:"), "{job}");
     assert!(job["result"].is_null());
     // Throttle: 429 with Retry-After, nothing stored.
-    let resp = gw.post(
-        ADMIN,
-        None,
-        "/api/v1/jobs",
-        &json!({"topic": "job.hostile-pack.oom", "input": {}}),
-    );
+    let resp = gw.post(ADMIN, None, "/api/v1/jobs", &json!({"topic": "job.hostile-pack.oom", "input": {}}));
     assert_eq!(resp.headers()["retry-after"], "30");
     let body = assert_envelope(resp, 429);
     assert_eq!(body["rule_id"], "slow-down");
     // Approval: held, not run.
-    let (status, held) = gw.submit(
-        ADMIN,
-        None,
-        json!({"topic": "job.hostile-pack.escape", "input": {}, "risk_tags": ["fs"]}),
-    );
+    let (status, held) =
+        gw.submit(ADMIN, None, json!({"topic": "job.hostile-pack.escape", "input": {}, "risk_tags": ["fs"]}));
     assert_eq!(status, 200, "{held}");
     assert_eq!(held["status"], "approval_required");
     assert_eq!(held["rule_id"], "review-escapes");
-    let job: Value = gw
-        .get(
-            ADMIN,
-            None,
-            &format!("/api/v1/jobs/{}", held["job_id"].as_str().unwrap()),
-        )
-        .json()
-        .unwrap();
+    let job: Value = gw.get(ADMIN, None, &format!("/api/v1/jobs/{}", held["job_id"].as_str().unwrap())).json().unwrap();
     assert_eq!(job["state"], "APPROVAL_REQUIRED");
     assert_eq!(job["approval_required"], true);
     assert_eq!(job["attempts"], 0);
     // Without the risk tag the escape rule does not match and the pack's allow rule does.
-    let (status, _) = gw.submit(
-        ADMIN,
-        None,
-        json!({"topic": "job.hostile-pack.escape", "input": {}}),
-    );
+    let (status, _) = gw.submit(ADMIN, None, json!({"topic": "job.hostile-pack.escape", "input": {}}));
     assert_eq!(status, 200);
     // Pack rules still apply after the base policy.
     let (status, ok) = gw.submit(ADMIN, None, echo("still allowed"));
@@ -309,10 +237,7 @@ fn idempotency_replays_conflicts_and_is_scoped_by_tenant() {
     assert_eq!(job["attempts"], 1);
     let (_, next) = gw.submit(ACME, None, echo("next"));
     let next = gw.wait_job(ACME, None, next["job_id"].as_str().unwrap(), WAIT);
-    assert_eq!(
-        next["result"]["count"], 2,
-        "the replays did not run the job again"
-    );
+    assert_eq!(next["result"]["count"], 2, "the replays did not run the job again");
     // Two different keys in one request: refused.
     let two = gw
         .client
@@ -345,11 +270,7 @@ fn failed_submit_does_not_keep_its_idempotency_key() {
         .json(&echo("fixed"))
         .send()
         .unwrap();
-    assert_eq!(
-        good.status().as_u16(),
-        200,
-        "the key was not kept by the failed submit"
-    );
+    assert_eq!(good.status().as_u16(), 200, "the key was not kept by the failed submit");
 }
 
 #[test]
@@ -362,21 +283,11 @@ fn tenants_cannot_see_each_other() {
     assert_eq!(job["tenant"], "acme");
     // Another tenant's key: exactly like a missing job.
     let foreign = assert_envelope(gw.get(GLOBEX, None, &format!("/api/v1/jobs/{id}")), 404);
-    let missing = assert_envelope(
-        gw.get(
-            GLOBEX,
-            None,
-            "/api/v1/jobs/00000000-0000-0000-0000-000000000000",
-        ),
-        404,
-    );
+    let missing = assert_envelope(gw.get(GLOBEX, None, "/api/v1/jobs/00000000-0000-0000-0000-000000000000"), 404);
     assert_eq!(foreign["error"], missing["error"]);
     assert_eq!(foreign["code"], missing["code"]);
     // A tenant-bound key used with another tenant's header: 403.
-    let env = assert_envelope(
-        gw.get(ACME, Some("globex"), &format!("/api/v1/jobs/{id}")),
-        403,
-    );
+    let env = assert_envelope(gw.get(ACME, Some("globex"), &format!("/api/v1/jobs/{id}")), 403);
     assert_eq!(env["code"], "tenant_access_denied");
     // A body tenant other than the request's: 403.
     let mut body = echo("x");
@@ -393,25 +304,15 @@ fn tenants_cannot_see_each_other() {
 
 #[test]
 fn hostile_components_fail_their_job_and_others_keep_working() {
-    let gw = Gateway::start(Options {
-        env: keys_env(),
-        hostile_pack: true,
-        ..Default::default()
-    });
+    let gw = Gateway::start(Options { env: keys_env(), hostile_pack: true, ..Default::default() });
     let hostile = |action: &str| -> String {
-        let (status, body) = gw.submit(
-            GLOBEX,
-            None,
-            json!({"topic": format!("job.hostile-pack.{action}"), "input": {}}),
-        );
+        let (status, body) =
+            gw.submit(GLOBEX, None, json!({"topic": format!("job.hostile-pack.{action}"), "input": {}}));
         assert_eq!(status, 200, "{body}");
         body["job_id"].as_str().unwrap().to_string()
     };
     let started = Instant::now();
-    let ids: Vec<(&str, String)> = ["loop", "oom", "escape", "trap"]
-        .iter()
-        .map(|a| (*a, hostile(a)))
-        .collect();
+    let ids: Vec<(&str, String)> = ["loop", "oom", "escape", "trap"].iter().map(|a| (*a, hostile(a))).collect();
     // Meanwhile another tenant's jobs keep succeeding.
     let mut acme_jobs = Vec::new();
     for i in 0..20 {
@@ -431,10 +332,7 @@ fn hostile_components_fail_their_job_and_others_keep_working() {
     let lp = &outcomes["loop"];
     assert_eq!(lp["state"], "TIMEOUT", "{lp}");
     assert_eq!(lp["error_code"], "plugin_timeout");
-    assert!(
-        lp["error_message"].as_str().unwrap().contains("1000 ms"),
-        "{lp}"
-    );
+    assert!(lp["error_message"].as_str().unwrap().contains("1000 ms"), "{lp}");
     let oom = &outcomes["oom"];
     assert_eq!(oom["state"], "FAILED", "{oom}");
     assert_eq!(oom["error_code"], "plugin_memory_exceeded", "{oom}");
@@ -450,11 +348,7 @@ fn hostile_components_fail_their_job_and_others_keep_working() {
     // The loop was stopped by its 1 s limit, not by the test's patience.
     assert!(started.elapsed() < Duration::from_secs(50));
     // The same pack still works after its instances trapped.
-    let (_, body) = gw.submit(
-        GLOBEX,
-        None,
-        json!({"topic": "job.hostile-pack.echo", "input": {"still": "alive"}}),
-    );
+    let (_, body) = gw.submit(GLOBEX, None, json!({"topic": "job.hostile-pack.echo", "input": {"still": "alive"}}));
     let job = gw.wait_job(GLOBEX, None, body["job_id"].as_str().unwrap(), WAIT);
     assert_eq!(job["state"], "SUCCEEDED");
     assert_eq!(job["result"]["still"], "alive");
@@ -463,10 +357,7 @@ fn hostile_components_fail_their_job_and_others_keep_working() {
 #[test]
 fn restart_keeps_jobs_and_the_generated_bootstrap_key() {
     let mut gw = Gateway::start(Options::default());
-    let key = gw
-        .generated_key
-        .clone()
-        .expect("a key is generated and printed on first start");
+    let key = gw.generated_key.clone().expect("a key is generated and printed on first start");
     assert!(key.starts_with("ck_") && key.len() == 67);
     let (status, body) = gw.submit(&key, Some("default"), echo("before restart"));
     assert_eq!(status, 200, "{body}");
@@ -474,16 +365,10 @@ fn restart_keeps_jobs_and_the_generated_bootstrap_key() {
     gw.wait_job(&key, None, &id, WAIT);
     // The key is stored only as a digest.
     let db = std::fs::read(gw.data_dir.join("cordum.redb")).unwrap();
-    assert!(
-        !db.windows(key.len()).any(|w| w == key.as_bytes()),
-        "raw key found in the store"
-    );
+    assert!(!db.windows(key.len()).any(|w| w == key.as_bytes()), "raw key found in the store");
     gw.restart(vec![]);
     assert!(gw.generated_key.is_none(), "printed only once");
-    let job: Value = gw
-        .get(&key, None, &format!("/api/v1/jobs/{id}"))
-        .json()
-        .unwrap();
+    let job: Value = gw.get(&key, None, &format!("/api/v1/jobs/{id}")).json().unwrap();
     assert_eq!(job["state"], "SUCCEEDED");
     assert_eq!(job["result"]["message"], "before restart");
     // The installed pack survived too.
@@ -498,18 +383,8 @@ fn errors_use_the_envelope_everywhere() {
     let gw = gateway();
     // No credential, bad credential, bearer authoritative.
     let env = assert_envelope(gw.client.get(gw.url("/api/v1/status")).send().unwrap(), 401);
-    assert_eq!(
-        env,
-        json!({"error": "unauthorized", "code": "unauthorized", "status": 401})
-    );
-    assert_envelope(
-        gw.client
-            .get(gw.url("/api/v1/status"))
-            .header("X-API-Key", "nope-nope-nope")
-            .send()
-            .unwrap(),
-        401,
-    );
+    assert_eq!(env, json!({"error": "unauthorized", "code": "unauthorized", "status": 401}));
+    assert_envelope(gw.client.get(gw.url("/api/v1/status")).header("X-API-Key", "nope-nope-nope").send().unwrap(), 401);
     let bearer_bad = gw
         .client
         .get(gw.url("/api/v1/status"))
@@ -518,25 +393,14 @@ fn errors_use_the_envelope_everywhere() {
         .send()
         .unwrap();
     assert_envelope(bearer_bad, 401);
-    let bearer_ok = gw
-        .client
-        .get(gw.url("/api/v1/status"))
-        .header("Authorization", format!("Bearer {ADMIN}"))
-        .send()
-        .unwrap();
+    let bearer_ok =
+        gw.client.get(gw.url("/api/v1/status")).header("Authorization", format!("Bearer {ADMIN}")).send().unwrap();
     assert_eq!(bearer_ok.status().as_u16(), 200);
     // Unknown path, unauthenticated /api path, wrong method.
     assert_envelope(gw.client.get(gw.url("/nope")).send().unwrap(), 404);
     assert_envelope(gw.client.get(gw.url("/api/v1/nope")).send().unwrap(), 401);
     assert_envelope(gw.get(ADMIN, None, "/api/v1/nope"), 404);
-    assert_envelope(
-        gw.client
-            .delete(gw.url("/api/v1/jobs"))
-            .header("X-API-Key", ADMIN)
-            .send()
-            .unwrap(),
-        405,
-    );
+    assert_envelope(gw.client.delete(gw.url("/api/v1/jobs")).header("X-API-Key", ADMIN).send().unwrap(), 405);
     // Malformed JSON, unknown field (named), missing topic, bad topic, unknown topic.
     let malformed = gw
         .client
@@ -548,46 +412,20 @@ fn errors_use_the_envelope_everywhere() {
         .unwrap();
     assert_eq!(assert_envelope(malformed, 400)["code"], "invalid_json");
     let unknown = assert_envelope(
-        gw.post(
-            ADMIN,
-            None,
-            "/api/v1/jobs",
-            &json!({"topic": "job.hello-pack.echo", "inptu": {}}),
-        ),
+        gw.post(ADMIN, None, "/api/v1/jobs", &json!({"topic": "job.hello-pack.echo", "inptu": {}})),
         400,
     );
     assert_eq!(unknown["field"], "inptu", "{unknown}");
     assert!(unknown["error"].as_str().unwrap().contains("inptu"));
-    assert_envelope(
-        gw.post(ADMIN, None, "/api/v1/jobs", &json!({"input": {}})),
-        400,
-    );
-    assert_envelope(
-        gw.post(ADMIN, None, "/api/v1/jobs", &json!({"topic": "job..x"})),
-        400,
-    );
-    let unknown_topic = assert_envelope(
-        gw.post(
-            ADMIN,
-            None,
-            "/api/v1/jobs",
-            &json!({"topic": "job.nobody.here"}),
-        ),
-        400,
-    );
+    assert_envelope(gw.post(ADMIN, None, "/api/v1/jobs", &json!({"input": {}})), 400);
+    assert_envelope(gw.post(ADMIN, None, "/api/v1/jobs", &json!({"topic": "job..x"})), 400);
+    let unknown_topic =
+        assert_envelope(gw.post(ADMIN, None, "/api/v1/jobs", &json!({"topic": "job.nobody.here"})), 400);
     assert_eq!(unknown_topic["code"], "unknown_topic");
     assert_eq!(unknown_topic["topic"], "job.nobody.here");
-    assert!(
-        unknown_topic["error"]
-            .as_str()
-            .unwrap()
-            .contains("job.nobody.here")
-    );
+    assert!(unknown_topic["error"].as_str().unwrap().contains("job.nobody.here"));
     // Oversized bodies: declared and chunked.
-    let big = format!(
-        "{{\"topic\":\"job.hello-pack.echo\",\"input\":{{\"message\":\"{}\"}}}}",
-        "x".repeat(3 << 20)
-    );
+    let big = format!("{{\"topic\":\"job.hello-pack.echo\",\"input\":{{\"message\":\"{}\"}}}}", "x".repeat(3 << 20));
     let resp = gw
         .client
         .post(gw.url("/api/v1/jobs"))
@@ -599,24 +437,11 @@ fn errors_use_the_envelope_everywhere() {
     assert_eq!(assert_envelope(resp, 413)["code"], "body_too_large");
     // (Bodies without a length are cut by the extractor; see the unit test in http/extract.rs.)
     // The gateway still serves after refusing them.
-    assert_eq!(
-        gw.client
-            .get(gw.url("/health"))
-            .send()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(gw.client.get(gw.url("/health")).send().unwrap().status().as_u16(), 200);
     // Roles: a viewer cannot submit.
     assert_envelope(gw.post(VIEWER, None, "/api/v1/jobs", &echo("v")), 403);
     // Request ids are echoed or generated.
-    let resp = gw
-        .client
-        .get(gw.url("/health"))
-        .header("X-Request-Id", "req-123")
-        .send()
-        .unwrap();
+    let resp = gw.client.get(gw.url("/health")).header("X-Request-Id", "req-123").send().unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-123");
     let resp = gw.client.get(gw.url("/health")).send().unwrap();
     assert_eq!(resp.headers()["x-request-id"].len(), 16);
@@ -625,13 +450,7 @@ fn errors_use_the_envelope_everywhere() {
 #[test]
 fn public_and_status_routes() {
     let gw = gateway();
-    let health: Value = gw
-        .client
-        .get(gw.url("/health"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let health: Value = gw.client.get(gw.url("/health")).send().unwrap().json().unwrap();
     assert_eq!(health["status"], "healthy");
     let cfg = gw.client.get(gw.url("/api/v1/auth/config")).send().unwrap();
     assert_eq!(cfg.status().as_u16(), 200);
@@ -661,88 +480,38 @@ fn policy_evaluate_and_explain_use_the_policy_component() {
     assert_eq!(d["decision"], "DECISION_TYPE_ALLOW", "{d}");
     assert_eq!(d["ruleId"], "hello-pack-allow");
     assert!(d["policySnapshot"].as_str().unwrap().starts_with("cfg:"));
-    let denied: Value = gw
-        .post(
-            ADMIN,
-            None,
-            "/api/v1/policy/evaluate",
-            &json!({"topic": "job.other.thing"}),
-        )
-        .json()
-        .unwrap();
+    let denied: Value =
+        gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({"topic": "job.other.thing"})).json().unwrap();
     assert_eq!(denied["decision"], "DECISION_TYPE_DENY");
     assert_eq!(denied["ruleId"], "");
-    let explained: Value = gw
-        .post(
-            ADMIN,
-            None,
-            "/api/v1/policy/explain",
-            &json!({"topic": "job.other.thing"}),
-        )
-        .json()
-        .unwrap();
+    let explained: Value =
+        gw.post(ADMIN, None, "/api/v1/policy/explain", &json!({"topic": "job.other.thing"})).json().unwrap();
     let trace = explained["trace"].as_array().unwrap();
     assert_eq!(trace.len(), 1);
     assert_eq!(trace[0]["rule_id"], "hello-pack-allow");
     assert_eq!(trace[0]["matched"], false);
     assert_eq!(explained["defaulted"], true);
     // Strict body, admin only, tenant checked.
+    assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({"topic": "job.a.b", "bogus": 1})), 400);
+    assert_envelope(gw.post(ACME, None, "/api/v1/policy/evaluate", &json!({"topic": "job.a.b"})), 403);
     assert_envelope(
-        gw.post(
-            ADMIN,
-            None,
-            "/api/v1/policy/evaluate",
-            &json!({"topic": "job.a.b", "bogus": 1}),
-        ),
-        400,
-    );
-    assert_envelope(
-        gw.post(
-            ACME,
-            None,
-            "/api/v1/policy/evaluate",
-            &json!({"topic": "job.a.b"}),
-        ),
+        gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({"topic": "job.a.b", "tenant": "acme"})),
         403,
     );
-    assert_envelope(
-        gw.post(
-            ADMIN,
-            None,
-            "/api/v1/policy/evaluate",
-            &json!({"topic": "job.a.b", "tenant": "acme"}),
-        ),
-        403,
-    );
-    assert_envelope(
-        gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({})),
-        400,
-    );
+    assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({})), 400);
 }
 
 #[test]
 fn jobs_in_flight_survive_a_kill() {
-    let mut gw = Gateway::start(Options {
-        env: keys_env(),
-        hostile_pack: true,
-        ..Default::default()
-    });
+    let mut gw = Gateway::start(Options { env: keys_env(), hostile_pack: true, ..Default::default() });
     // A slow job (the loop runs into its 1 s deadline) is in flight when the gateway dies.
-    let (_, body) = gw.submit(
-        ADMIN,
-        None,
-        json!({"topic": "job.hostile-pack.loop", "input": {}}),
-    );
+    let (_, body) = gw.submit(ADMIN, None, json!({"topic": "job.hostile-pack.loop", "input": {}}));
     let id = body["job_id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(200));
     gw.restart(keys_env());
     let job = gw.wait_job(ADMIN, None, &id, WAIT);
     assert_eq!(job["state"], "TIMEOUT", "{job}");
-    let notes: Vec<String> = job["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|h| h["note"].as_str().map(str::to_string))
-        .collect();
+    let notes: Vec<String> =
+        job["history"].as_array().unwrap().iter().filter_map(|h| h["note"].as_str().map(str::to_string)).collect();
     assert!(notes.iter().any(|n| n.contains("restarted")), "{job}");
 }

@@ -71,10 +71,7 @@ struct StaticKeyBody {
 /// Parse `CORDUM_API_KEYS`: a JSON array of objects, a JSON object keyed by
 /// key (or `{"keys": [...]}`), or a comma list of `key`, `tenant:key`,
 /// `tenant:key:role`, `tenant:key:role:principal`.
-pub fn parse_static_keys(
-    raw: &str,
-    default_tenant: &str,
-) -> Result<Vec<(String, KeyRecord)>, String> {
+pub fn parse_static_keys(raw: &str, default_tenant: &str) -> Result<Vec<(String, KeyRecord)>, String> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Ok(Vec::new());
@@ -82,8 +79,7 @@ pub fn parse_static_keys(
     let specs: Vec<StaticKeySpec> = if raw.starts_with('[') {
         serde_json::from_str(raw).map_err(|e| format!("CORDUM_API_KEYS: {e}"))?
     } else if raw.starts_with('{') {
-        let value: serde_json::Value =
-            serde_json::from_str(raw).map_err(|e| format!("CORDUM_API_KEYS: {e}"))?;
+        let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| format!("CORDUM_API_KEYS: {e}"))?;
         if let Some(list) = value.get("keys") {
             serde_json::from_value(list.clone()).map_err(|e| format!("CORDUM_API_KEYS: {e}"))?
         } else {
@@ -112,9 +108,7 @@ pub fn parse_static_keys(
                     [t, k, r] => (Some(*t), *k, Some(*r), None),
                     [t, k, r, p] => (Some(*t), *k, Some(*r), Some(*p)),
                     _ => {
-                        return Err(
-                            "CORDUM_API_KEYS: an entry has more than four ':' parts".to_string()
-                        );
+                        return Err("CORDUM_API_KEYS: an entry has more than four ':' parts".to_string());
                     }
                 };
                 Ok(StaticKeySpec {
@@ -136,19 +130,12 @@ pub fn parse_static_keys(
             if key.len() < 8 {
                 return Err("CORDUM_API_KEYS: keys must be at least 8 characters".to_string());
             }
-            let tenant = s
-                .tenant
-                .filter(|t| !t.trim().is_empty())
-                .unwrap_or_else(|| default_tenant.to_string());
+            let tenant = s.tenant.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| default_tenant.to_string());
             if !valid_tenant_id(&tenant) {
                 return Err(format!("CORDUM_API_KEYS: invalid tenant id {tenant:?}"));
             }
-            let role = Role::parse(s.role.as_deref().unwrap_or("")).ok_or_else(|| {
-                format!(
-                    "CORDUM_API_KEYS: unknown role {:?}",
-                    s.role.unwrap_or_default()
-                )
-            })?;
+            let role = Role::parse(s.role.as_deref().unwrap_or(""))
+                .ok_or_else(|| format!("CORDUM_API_KEYS: unknown role {:?}", s.role.unwrap_or_default()))?;
             let d = digest(&key);
             Ok((
                 d.clone(),
@@ -191,25 +178,15 @@ impl AuthService {
         env_keys: Option<&str>,
         default_tenant: &str,
     ) -> Result<(Self, Bootstrap), String> {
-        let static_keys = parse_static_keys(env_keys.unwrap_or(""), default_tenant)?
-            .into_iter()
-            .collect();
-        let service = Self {
-            store,
-            static_keys,
-            default_tenant: default_tenant.to_string(),
-        };
+        let static_keys = parse_static_keys(env_keys.unwrap_or(""), default_tenant)?.into_iter().collect();
+        let service = Self { store, static_keys, default_tenant: default_tenant.to_string() };
         let outcome = match env_key.map(str::trim).filter(|k| !k.is_empty()) {
             Some(key) => {
                 service.register_bootstrap(key, "env").await?;
                 Bootstrap::FromEnv
             }
             None => {
-                let marker = service
-                    .store
-                    .get(BOOTSTRAP_MARKER)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let marker = service.store.get(BOOTSTRAP_MARKER).await.map_err(|e| e.to_string())?;
                 if marker.is_some() {
                     Bootstrap::Existing
                 } else {
@@ -238,10 +215,7 @@ impl AuthService {
         };
         let marker = serde_json::json!({"key_id": record.key_id, "created_at": record.created_at});
         self.store
-            .apply(vec![
-                Op::put_json(store_key(&d), &record),
-                Op::put_json(BOOTSTRAP_MARKER, &marker),
-            ])
+            .apply(vec![Op::put_json(store_key(&d), &record), Op::put_json(BOOTSTRAP_MARKER, &marker)])
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -260,15 +234,8 @@ impl AuthService {
         let d = digest(presented);
         let record = match self.static_keys.get(&d) {
             Some(r) => r.clone(),
-            None => match self
-                .store
-                .get(&store_key(&d))
-                .await
-                .map_err(|_| AuthError::Unavailable)?
-            {
-                Some(entry) => entry
-                    .json::<KeyRecord>()
-                    .map_err(|_| AuthError::Unavailable)?,
+            None => match self.store.get(&store_key(&d)).await.map_err(|_| AuthError::Unavailable)? {
+                Some(entry) => entry.json::<KeyRecord>().map_err(|_| AuthError::Unavailable)?,
                 None => return Err(AuthError::Unauthorized),
             },
         };
@@ -291,11 +258,8 @@ mod tests {
 
     #[test]
     fn parses_upstream_formats() {
-        let keys = parse_static_keys(
-            "acme:key-aaaaaaaa:viewer,key-bbbbbbbb,beta:key-cccccccc:user:bob",
-            "default",
-        )
-        .unwrap();
+        let keys =
+            parse_static_keys("acme:key-aaaaaaaa:viewer,key-bbbbbbbb,beta:key-cccccccc:user:bob", "default").unwrap();
         assert_eq!(keys.len(), 3);
         assert_eq!(keys[0].1.tenant, "acme");
         assert_eq!(keys[0].1.role, Role::Viewer);

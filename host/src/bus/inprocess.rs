@@ -48,10 +48,7 @@ impl Bus for InProcessBus {
         {
             let mut plain = self.plain.lock();
             plain.retain(|s| !s.tx.is_closed());
-            for sub in plain
-                .iter()
-                .filter(|s| subject_matches(&s.pattern, &message.subject))
-            {
+            for sub in plain.iter().filter(|s| subject_matches(&s.pattern, &message.subject)) {
                 let _ = sub.tx.try_send(message.clone());
             }
         }
@@ -75,9 +72,7 @@ impl Bus for InProcessBus {
             }
         }
         for tx in targets {
-            tx.send(message.clone())
-                .await
-                .map_err(|_| BusError::Unavailable("subscriber went away".into()))?;
+            tx.send(message.clone()).await.map_err(|_| BusError::Unavailable("subscriber went away".into()))?;
         }
         if !had_group && message.subject.starts_with("job.") {
             return Err(BusError::NoSubscriber(message.subject));
@@ -85,25 +80,14 @@ impl Bus for InProcessBus {
         Ok(())
     }
 
-    async fn subscribe(
-        &self,
-        pattern: &str,
-        queue_group: Option<&str>,
-    ) -> Result<Subscription, BusError> {
+    async fn subscribe(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let sub = Sub {
-            pattern: pattern.to_string(),
-            tx,
-        };
+        let sub = Sub { pattern: pattern.to_string(), tx };
         match queue_group {
             None => self.plain.lock().push(sub),
-            Some(group) => self
-                .groups
-                .lock()
-                .entry((pattern.to_string(), group.to_string()))
-                .or_default()
-                .members
-                .push(sub),
+            Some(group) => {
+                self.groups.lock().entry((pattern.to_string(), group.to_string())).or_default().members.push(sub)
+            }
         }
         Ok(rx)
     }
@@ -120,12 +104,7 @@ mod tests {
         let mut b = bus.subscribe("job.x.>", Some("g")).await.unwrap();
         let mut watcher = bus.subscribe("job.>", None).await.unwrap();
         for _ in 0..4 {
-            bus.publish(Message {
-                subject: "job.x.y".into(),
-                payload: vec![],
-            })
-            .await
-            .unwrap();
+            bus.publish(Message { subject: "job.x.y".into(), payload: vec![] }).await.unwrap();
         }
         let mut got = 0;
         while a.try_recv().is_ok() {
@@ -141,11 +120,7 @@ mod tests {
         }
         assert_eq!(seen, 4);
         assert!(matches!(
-            bus.publish(Message {
-                subject: "job.nobody.z".into(),
-                payload: vec![]
-            })
-            .await,
+            bus.publish(Message { subject: "job.nobody.z".into(), payload: vec![] }).await,
             Err(BusError::NoSubscriber(_))
         ));
     }

@@ -38,11 +38,7 @@ pub trait Bus: Send + Sync + 'static {
     /// `NoSubscriber` when nobody can take the message.
     async fn publish(&self, message: Message) -> Result<(), BusError>;
     /// Subscribe to `pattern`; with `queue_group`, messages are shared.
-    async fn subscribe(
-        &self,
-        pattern: &str,
-        queue_group: Option<&str>,
-    ) -> Result<Subscription, BusError>;
+    async fn subscribe(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription, BusError>;
 }
 
 /// Does a subject match a NATS-style pattern?

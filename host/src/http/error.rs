@@ -35,13 +35,7 @@ pub fn derive_code(message: &str) -> String {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            code: None,
-            extra: Map::new(),
-            retry_after: None,
-        }
+        Self { status, message: message.into(), code: None, extra: Map::new(), retry_after: None }
     }
 
     pub fn code(mut self, code: &str) -> Self {
@@ -83,12 +77,9 @@ impl ApiError {
     }
 
     pub fn too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds the limit of {limit} bytes"),
-        )
-        .code("body_too_large")
-        .with("limit", limit)
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {limit} bytes"))
+            .code("body_too_large")
+            .with("limit", limit)
     }
 }
 
@@ -96,23 +87,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = Map::new();
         body.insert("error".into(), Value::String(self.message.clone()));
-        body.insert(
-            "code".into(),
-            Value::String(
-                self.code
-                    .clone()
-                    .unwrap_or_else(|| derive_code(&self.message)),
-            ),
-        );
+        body.insert("code".into(), Value::String(self.code.clone().unwrap_or_else(|| derive_code(&self.message))));
         body.insert("status".into(), Value::from(self.status.as_u16()));
         for (k, v) in self.extra {
             body.insert(k, v);
         }
         let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
         if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

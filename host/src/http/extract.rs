@@ -20,42 +20,23 @@ pub struct StrictJson<T>(pub T);
 pub struct JsonOrEmpty<T>(pub T);
 
 async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
-    let limit = req
-        .extensions()
-        .get::<BodyLimit>()
-        .copied()
-        .unwrap_or(BodyLimit(2 << 20))
-        .0;
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    let limit = req.extensions().get::<BodyLimit>().copied().unwrap_or(BodyLimit(2 << 20)).0;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
         return Err(ApiError::too_large(limit));
     }
-    if let Some(ct) = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         let ct = ct.to_ascii_lowercase();
-        if !ct.starts_with("application/json")
-            && !ct.contains("+json")
-            && !ct.starts_with("text/plain")
-        {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "content type must be application/json",
-            )
-            .code("unsupported_media_type"));
+        if !ct.starts_with("application/json") && !ct.contains("+json") && !ct.starts_with("text/plain") {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json")
+                .code("unsupported_media_type"));
         }
     }
     match axum::body::to_bytes(req.into_body(), limit).await {
         Ok(bytes) => Ok(bytes.to_vec()),
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
                 Err(ApiError::too_large(limit))
@@ -69,11 +50,8 @@ async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
 /// Turn a serde_json error into a 400 naming the field when it can.
 pub fn json_error(e: serde_json::Error) -> ApiError {
     let text = e.to_string();
-    let mut err = ApiError::bad_request(format!(
-        "invalid json: {}",
-        text.split(", expected").next().unwrap_or(&text)
-    ))
-    .code("invalid_json");
+    let mut err = ApiError::bad_request(format!("invalid json: {}", text.split(", expected").next().unwrap_or(&text)))
+        .code("invalid_json");
     for marker in ["unknown field `", "missing field `", "duplicate field `"] {
         if let Some(rest) = text.split(marker).nth(1)
             && let Some(field) = rest.split('`').next()
@@ -121,11 +99,7 @@ pub struct Caller {
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(ApiError::unauthorized)
+        parts.extensions.get::<Caller>().cloned().ok_or_else(ApiError::unauthorized)
     }
 }
 
@@ -135,13 +109,9 @@ mod tests {
     use axum::body::Body;
 
     fn streamed(len: usize, limit: usize) -> Request {
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-            (0..len / 1024 + 1).map(|_| Ok(vec![b' '; 1024])).collect();
-        let mut req = Request::builder()
-            .method("POST")
-            .uri("/")
-            .body(Body::from_stream(futures::stream::iter(chunks)))
-            .unwrap();
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..len / 1024 + 1).map(|_| Ok(vec![b' '; 1024])).collect();
+        let mut req =
+            Request::builder().method("POST").uri("/").body(Body::from_stream(futures::stream::iter(chunks))).unwrap();
         req.extensions_mut().insert(BodyLimit(limit));
         req
     }

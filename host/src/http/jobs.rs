@@ -1,10 +1,11 @@
 //! `POST /api/v1/jobs`, `GET /api/v1/jobs/{id}`.
 
 use super::error::ApiError;
-use super::extract::{Caller, StrictJson};
+use super::extract::{Caller, JsonOrEmpty, StrictJson};
 use crate::app::App;
 use crate::auth::Role;
-use crate::jobs::{JobError, JobRecord, SubmitJob, SubmitOutcome};
+use crate::jobs::lifecycle::JobFilter;
+use crate::jobs::{JobError, JobRecord, JobState, SubmitJob, SubmitOutcome};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, RawQuery, State};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
-fn job_error(e: JobError) -> ApiError {
+pub fn job_error(e: JobError) -> ApiError {
     match e {
         JobError::Invalid(m) => ApiError::bad_request(m).code("invalid_request"),
         JobError::TenantDenied => ApiError::forbidden("tenant access denied"),
@@ -25,35 +26,23 @@ fn job_error(e: JobError) -> ApiError {
             ApiError::bad_request(format!("unknown topic {topic}"))
                 .code("unknown_topic")
                 .with("topic", topic)
-                .with(
-                    "registered_topics",
-                    registered.into_iter().take(20).collect::<Vec<_>>(),
-                )
+                .with("registered_topics", registered.into_iter().take(20).collect::<Vec<_>>())
                 .with("truncated", truncated)
         }
-        JobError::SchemaViolations {
-            schema_id,
-            violations,
-        } => ApiError::bad_request(format!("input does not match schema {schema_id}"))
-            .code("schema_validation_failed")
-            .with("schema_id", schema_id)
-            .with(
-                "violations",
-                serde_json::to_value(violations).unwrap_or_default(),
-            ),
-        JobError::IdempotencyConflict => ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency key already used with a different request",
-        )
-        .code("IDEMPOTENCY_CONFLICT"),
+        JobError::SchemaViolations { schema_id, violations } => {
+            ApiError::bad_request(format!("input does not match schema {schema_id}"))
+                .code("schema_validation_failed")
+                .with("schema_id", schema_id)
+                .with("violations", serde_json::to_value(violations).unwrap_or_default())
+        }
+        JobError::IdempotencyConflict => {
+            ApiError::new(StatusCode::CONFLICT, "idempotency key already used with a different request")
+                .code("IDEMPOTENCY_CONFLICT")
+        }
         JobError::Throttled { reason, rule_id } => {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                if reason.is_empty() {
-                    "policy throttled".into()
-                } else {
-                    reason
-                },
+                if reason.is_empty() { "policy throttled".into() } else { reason },
             )
             .code("policy_throttled")
             .with("rule_id", rule_id);
@@ -62,32 +51,39 @@ fn job_error(e: JobError) -> ApiError {
         }
         JobError::PolicyUnavailable(detail) => {
             tracing::warn!(%detail, "policy check failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "policy check unavailable")
-                .code("policy_unavailable")
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "policy check unavailable").code("policy_unavailable")
         }
         JobError::SchemaUnavailable(detail) => {
             tracing::warn!(%detail, "schema check failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "schema check unavailable")
-                .code("schema_unavailable")
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "schema check unavailable").code("schema_unavailable")
         }
         JobError::NotFound => ApiError::not_found("job not found"),
+        JobError::NotFoundWhat(what) => ApiError::not_found(what),
+        JobError::Raced => ApiError::new(StatusCode::CONFLICT, "another request changed this at the same time; retry")
+            .code("conflict_retryable")
+            .with("retryable", true),
+        JobError::Conflict { code, message, state } => {
+            let mut e = ApiError::new(StatusCode::CONFLICT, message).code(code);
+            if let Some(state) = state {
+                e = e.with("state", state.as_str());
+            }
+            e
+        }
+        JobError::Forbidden(message) => {
+            let code = if message.contains("self-approval") { "self_approval_denied" } else { "access_denied" };
+            ApiError::forbidden(message).code(code)
+        }
         JobError::Store(detail) => ApiError::unavailable(detail),
     }
 }
 
 /// The one idempotency key of a request, from any of the accepted places.
-fn idempotency_key(
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: &SubmitJob,
-) -> Result<Option<String>, ApiError> {
+fn idempotency_key(headers: &HeaderMap, query: Option<&str>, body: &SubmitJob) -> Result<Option<String>, ApiError> {
     let mut keys: Vec<String> = Vec::new();
     for name in ["idempotency-key", "x-idempotency-key"] {
         if let Some(v) = headers.get(name) {
             keys.push(
-                v.to_str()
-                    .map_err(|_| ApiError::bad_request("idempotency key must be visible ASCII"))?
-                    .to_string(),
+                v.to_str().map_err(|_| ApiError::bad_request("idempotency key must be visible ASCII"))?.to_string(),
             );
         }
     }
@@ -101,25 +97,16 @@ fn idempotency_key(
     }
     keys.extend(body.idempotency_key.clone());
     keys.extend(body.meta.as_ref().and_then(|m| m.idempotency_key.clone()));
-    let mut keys: Vec<String> = keys
-        .into_iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
+    let mut keys: Vec<String> = keys.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     keys.dedup();
     keys.sort();
     keys.dedup();
     match keys.len() {
         0 => Ok(None),
         1 if keys[0].len() <= MAX_IDEMPOTENCY_KEY => Ok(keys.pop()),
-        1 => Err(ApiError::bad_request(format!(
-            "idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes"
-        ))
-        .code("invalid_request")),
-        _ => Err(
-            ApiError::bad_request("different idempotency keys given in one request")
-                .code("invalid_request"),
-        ),
+        1 => Err(ApiError::bad_request(format!("idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes"))
+            .code("invalid_request")),
+        _ => Err(ApiError::bad_request("different idempotency keys given in one request").code("invalid_request")),
     }
 }
 
@@ -129,11 +116,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let decoded = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| {
-                std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
             .flatten();
         match (bytes[i], decoded) {
             (_, Some(b)) => {
@@ -164,41 +147,23 @@ pub async fn submit(
         return Err(ApiError::forbidden("access denied"));
     }
     let key = idempotency_key(&headers, query.as_deref(), &body)?;
-    let outcome = app
-        .jobs
-        .submit(&caller.auth, &caller.tenant, body, key)
-        .await
-        .map_err(job_error)?;
+    let outcome = app.jobs.submit(&caller.auth, &caller.tenant, body, key).await.map_err(job_error)?;
     Ok(render_outcome(outcome))
 }
 
-fn render_outcome(outcome: SubmitOutcome) -> Response {
+pub fn render_outcome(outcome: SubmitOutcome) -> Response {
     let (status, trace, body) = match outcome {
-        SubmitOutcome::Accepted { job_id, trace_id } => (
-            StatusCode::OK,
-            trace_id.clone(),
-            json!({"job_id": job_id, "trace_id": trace_id}),
-        ),
-        SubmitOutcome::ApprovalRequired {
-            job_id,
-            trace_id,
-            reason,
-            rule_id,
-        } => (
+        SubmitOutcome::Accepted { job_id, trace_id } => {
+            (StatusCode::OK, trace_id.clone(), json!({"job_id": job_id, "trace_id": trace_id}))
+        }
+        SubmitOutcome::ApprovalRequired { job_id, trace_id, reason, rule_id } => (
             StatusCode::OK,
             trace_id.clone(),
             json!({"job_id": job_id, "trace_id": trace_id, "status": "approval_required", "reason": reason, "rule_id": rule_id}),
         ),
-        SubmitOutcome::Denied {
-            job_id,
-            trace_id,
-            decision,
-        } => {
-            let message = if decision.reason.is_empty() {
-                "policy denied".to_string()
-            } else {
-                decision.reason.clone()
-            };
+        SubmitOutcome::Denied { job_id, trace_id, decision } => {
+            let message =
+                if decision.reason.is_empty() { "policy denied".to_string() } else { decision.reason.clone() };
             (
                 StatusCode::FORBIDDEN,
                 trace_id.clone(),
@@ -233,15 +198,10 @@ pub async fn get_job(
     Path(id): Path<String>,
     query: Result<Query<GetJobQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::bad_request(format!("invalid query: {}", e.body_text())).code("invalid_query")
-    })?;
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())).code("invalid_query"))?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
-    let job = app
-        .jobs
-        .get_when_done(&caller.tenant, &id, wait)
-        .await
-        .map_err(job_error)?;
+    let job = app.jobs.get_when_done(&caller.tenant, &id, wait).await.map_err(job_error)?;
     Ok(Json(job_view(&job)))
 }
 
@@ -295,10 +255,98 @@ pub fn job_view(job: &JobRecord) -> Value {
         "output_safety": job.output_safety,
         "history": job.history,
         "error": job.error,
+        "max_retries": job.max_retries,
+        "approval": job.approval,
+        "links": job.links,
+        "interrupted_at": job.interrupted_at,
     });
     if let Some(err) = &job.error {
         view["error_code"] = json!(err.code);
         view["error_message"] = json!(err.message);
     }
     view
+}
+
+/// Query of `GET /api/v1/jobs`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())).code("invalid_query"))
+}
+
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(50) {
+        0 => Err(ApiError::bad_request("limit must be between 1 and 500").code("invalid_query")),
+        n => Ok(n.min(500)),
+    }
+}
+
+pub async fn list_jobs(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let state = match q.state.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(raw) => Some(
+            serde_json::from_value::<JobState>(Value::String(raw.to_ascii_uppercase()))
+                .map_err(|_| ApiError::bad_request(format!("unknown job state {raw:?}")).code("invalid_query"))?,
+        ),
+        None => None,
+    };
+    let filter = JobFilter { state, topic: q.topic.filter(|t| !t.is_empty()) };
+    let page =
+        app.jobs.list(&caller.tenant, &filter, q.cursor.as_deref(), page_limit(q.limit)?).await.map_err(job_error)?;
+    Ok(Json(json!({
+        "items": page.items.iter().map(job_view).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+fn admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.auth.has_role(&[Role::Admin]) { Ok(()) } else { Err(ApiError::forbidden("access denied")) }
+}
+
+pub async fn cancel_job(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&caller)?;
+    let job = app.jobs.cancel(&caller.auth, &caller.tenant, &id).await.map_err(job_error)?;
+    Ok(Json(json!({"id": job.id, "state": job.state.as_str()})))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemediateBody {
+    #[serde(default)]
+    pub remediation_id: Option<String>,
+}
+
+pub async fn remediate_job(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonOrEmpty(body): JsonOrEmpty<RemediateBody>,
+) -> Result<Response, ApiError> {
+    admin(&caller)?;
+    let (outcome, _) = app
+        .jobs
+        .remediate(&caller.auth, &caller.tenant, &id, body.remediation_id.as_deref())
+        .await
+        .map_err(job_error)?;
+    Ok(render_outcome(outcome))
 }

@@ -18,21 +18,16 @@ const PUBLIC: &[&str] = &["/api/v1/auth/config", "/api/v1/auth/login"];
 
 fn usable_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?.trim();
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .then(|| s.to_string())
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
 }
 
 /// Echo `X-Request-Id` or generate 16 lowercase hex characters.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(usable_request_id)
-        .unwrap_or_else(|| {
-            let mut b = [0u8; 8];
-            rand::thread_rng().fill_bytes(&mut b);
-            hex::encode(b)
-        });
+    let id = req.headers().get(REQUEST_ID).and_then(usable_request_id).unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut b);
+        hex::encode(b)
+    });
     let value = HeaderValue::from_str(&id).expect("request id is visible ASCII");
     req.headers_mut().insert(REQUEST_ID, value.clone());
     let mut response = next.run(req).await;
@@ -43,16 +38,11 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
     let h = response.headers_mut();
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.entry("content-security-policy")
-        .or_insert(HeaderValue::from_static(
-            "default-src 'none'; frame-ancestors 'none'",
-        ));
+        .or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
     response
 }
 
@@ -60,10 +50,7 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
 /// JSON extractors the limit for bodies sent without a length.
 pub async fn body_limit(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let limit = app.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return ApiError::too_large(limit).into_response();
     }
@@ -75,9 +62,7 @@ fn auth_error(e: AuthError) -> ApiError {
     match e {
         AuthError::Unauthorized => ApiError::unauthorized(),
         AuthError::TenantDenied => ApiError::forbidden("tenant access denied"),
-        AuthError::InvalidTenant => {
-            ApiError::bad_request("invalid tenant id").code("invalid_tenant")
-        }
+        AuthError::InvalidTenant => ApiError::bad_request("invalid tenant id").code("invalid_tenant"),
         AuthError::AccessDenied => ApiError::forbidden("access denied"),
         AuthError::Unavailable => ApiError::unavailable("auth store unavailable"),
     }
@@ -89,14 +74,9 @@ fn presented_key(req: &Request) -> Option<String> {
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
         let raw = auth.to_str().ok()?.trim();
         let (scheme, token) = raw.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string());
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
     }
-    req.headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().trim_matches('"').to_string())
+    req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(|s| s.trim().trim_matches('"').to_string())
 }
 
 /// Authenticate protected `/api/*` requests and resolve their tenant.
@@ -112,11 +92,7 @@ pub async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: N
         Ok(a) => a,
         Err(e) => return auth_error(e).into_response(),
     };
-    let header = req
-        .headers()
-        .get("x-tenant-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = req.headers().get("x-tenant-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let tenant = match resolve_tenant(&auth, header.as_deref()) {
         Ok(t) => t,
         Err(e) => return auth_error(e).into_response(),

@@ -6,11 +6,14 @@
 //! protected `/api/*` routes. Unknown paths and wrong methods answer with the
 //! error envelope too.
 
+pub mod approvals;
+pub mod dlq;
 pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod middleware;
 pub mod policy;
+pub mod pools;
 pub mod system;
 
 use crate::app::App;
@@ -23,8 +26,21 @@ pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v1/auth/config", get(system::auth_config))
         .route("/api/v1/status", get(system::status))
-        .route("/api/v1/jobs", post(jobs::submit))
+        .route("/api/v1/jobs", post(jobs::submit).get(jobs::list_jobs))
         .route("/api/v1/jobs/{id}", get(jobs::get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/api/v1/jobs/{id}/remediate", post(jobs::remediate_job))
+        .route("/api/v1/approvals", get(approvals::list))
+        .route("/api/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/api/v1/approvals/{id}/reject", post(approvals::reject))
+        .route("/api/v1/approvals/{id}/repair", post(approvals::repair))
+        .route("/api/v1/dlq", get(dlq::list))
+        .route("/api/v1/dlq/{id}", axum::routing::delete(dlq::delete))
+        .route("/api/v1/dlq/{id}/retry", post(dlq::retry))
+        .route("/api/v1/pools", get(pools::list_pools))
+        .route("/api/v1/pools/{name}", get(pools::get_pool).put(pools::create_pool).patch(pools::update_pool))
+        .route("/api/v1/pools/{name}/drain", post(pools::drain_pool))
+        .route("/api/v1/workers", get(pools::list_workers))
         .route("/api/v1/policy/evaluate", post(policy::evaluate))
         .route("/api/v1/policy/explain", post(policy::explain));
     Router::new()
@@ -32,19 +48,10 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(api)
         .fallback(|| async { ApiError::not_found("not found") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed",
-            )
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            middleware::authenticate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            middleware::body_limit,
-        ))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::authenticate))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::body_limit))
         .layer(axum::middleware::from_fn(middleware::security_headers))
         .layer(axum::middleware::from_fn(middleware::request_id))
         .with_state(app)

@@ -110,19 +110,13 @@ fn to_request(caller: &Caller, body: EvaluateBody) -> Result<PolicyRequest, ApiE
     labels.extend(body.labels);
     labels.remove("_action.descriptor_json");
     if !body.workflow_id.is_empty() {
-        labels
-            .entry("workflow_id".into())
-            .or_insert(body.workflow_id);
+        labels.entry("workflow_id".into()).or_insert(body.workflow_id);
     }
     Ok(PolicyRequest {
         job_id: body.job_id,
         topic: body.topic.trim().to_string(),
         tenant: caller.tenant.clone(),
-        actor_id: if meta.actor_id.is_empty() {
-            principal.clone()
-        } else {
-            meta.actor_id
-        },
+        actor_id: if meta.actor_id.is_empty() { principal.clone() } else { meta.actor_id },
         principal_id: principal,
         actor_type: meta.actor_type,
         capability: meta.capability,
@@ -184,10 +178,7 @@ pub async fn evaluate(
     StrictJson(body): StrictJson<EvaluateBody>,
 ) -> Result<Json<Value>, ApiError> {
     let request = to_request(&caller, body)?;
-    let decision = app
-        .policy
-        .evaluate(&caller.tenant, &request)
-        .map_err(policy_error)?;
+    let decision = app.policy.evaluate(&caller.tenant, &request).map_err(policy_error)?;
     Ok(Json(decision_json(&decision, &request.job_id)))
 }
 
@@ -197,10 +188,7 @@ pub async fn explain(
     StrictJson(body): StrictJson<EvaluateBody>,
 ) -> Result<Json<Value>, ApiError> {
     let request = to_request(&caller, body)?;
-    let (decision, trace, defaulted) = app
-        .policy
-        .explain(&caller.tenant, &request)
-        .map_err(policy_error)?;
+    let (decision, trace, defaulted) = app.policy.explain(&caller.tenant, &request).map_err(policy_error)?;
     let mut out = decision_json(&decision, &request.job_id);
     out["defaulted"] = json!(defaulted);
     out["trace"] = serde_json::to_value(trace).unwrap_or_default();

@@ -19,11 +19,7 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
         "store": if store.is_ok() { "ok" } else { "error" },
         "bus": if bus.is_ok() { "connected" } else { "disconnected" },
     });
-    let code = if store.is_ok() && bus.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if store.is_ok() && bus.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body))
 }
 

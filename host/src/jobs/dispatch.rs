@@ -1,33 +1,59 @@
 //! The in-process dispatcher: each installed pack with a component takes its
 //! topics' jobs from the bus (queue group `pack:<id>`), at most
 //! `pack_concurrency` at a time, and runs each on a blocking thread in a fresh
-//! sandbox. Results are stored on the job; jobs found in flight after a
-//! restart are dispatched again.
+//! sandbox with the job's deadline (pack limit, `timeouts.topics` config and
+//! the policy's `budgets.max_runtime_ms`, the smallest wins).
+//!
+//! Outcomes: success stores the result; a retryable failure (the component
+//! said so, it trapped or it ran out of time) is retried with exponential
+//! backoff and jitter while `max_retries` allows; a failure for good lands
+//! in the DLQ atomically with the job's final state. A running job can be
+//! cancelled: the sandbox checks its cancel flag every epoch tick. Jobs found
+//! in flight after a restart are dispatched again.
 
-use super::model::{JobFailure, JobState};
+use super::dlq::DlqEntry;
+use super::model::{JobFailure, JobRecord, JobState};
+use super::pools::{PoolManager, PoolPermit};
 use super::repo::JobRepo;
-use super::submit::{DispatchMessage, JobService};
-use crate::bus::{Bus, Message};
+use super::submit::DispatchMessage;
+use crate::bus::{Bus, BusError, Message};
 use crate::packs::PackRegistry;
 use crate::packs::install::SYSTEM_CONFIG_KEY;
 use crate::packs::runner::{PackRunner, WorkItem, WorkOutcome};
 use crate::runtime::PluginError;
+use crate::runtime::sandbox::CancelFlag;
 use crate::store::to_json;
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::time::Duration;
 
 /// Largest output a component may return.
 const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Longest delay between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How a run ended, as the job records it.
+enum Settle {
+    Succeeded(serde_json::Value),
+    /// Failed for good.
+    Failed(JobState, &'static str, String),
+    /// Failed, may succeed if retried.
+    Transient(JobState, &'static str, String),
+    /// The job was cancelled while it ran; its state is already CANCELLED.
+    Cancelled,
+}
 
 pub struct Dispatcher {
     repo: JobRepo,
     bus: Arc<dyn Bus>,
     registry: Arc<PackRegistry>,
     runner: Arc<PackRunner>,
-    concurrency: usize,
+    pools: Arc<PoolManager>,
+    retry_base: Duration,
     subscribed: Mutex<HashSet<String>>,
+    running: Mutex<HashMap<String, Arc<CancelFlag>>>,
 }
 
 impl Dispatcher {
@@ -36,15 +62,18 @@ impl Dispatcher {
         bus: Arc<dyn Bus>,
         registry: Arc<PackRegistry>,
         runner: Arc<PackRunner>,
-        concurrency: usize,
+        pools: Arc<PoolManager>,
+        retry_base: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             repo,
             bus,
             registry,
             runner,
-            concurrency,
+            pools,
+            retry_base,
             subscribed: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
         })
     }
 
@@ -65,143 +94,244 @@ impl Dispatcher {
         }
         let mut sub = self
             .bus
-            .subscribe(
-                &format!("job.{pack_id}.>"),
-                Some(&format!("pack:{pack_id}")),
-            )
+            .subscribe(&format!("job.{pack_id}.>"), Some(&format!("pack:{pack_id}")))
             .await
             .map_err(|e| e.to_string())?;
         let this = self.clone();
-        let limit = Arc::new(Semaphore::new(self.concurrency));
+        let pack = pack_id.to_string();
         tokio::spawn(async move {
             while let Some(message) = sub.recv().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
                 let this = this.clone();
-                tokio::spawn(async move {
-                    this.handle(message).await;
-                    drop(permit);
-                });
+                let pack = pack.clone();
+                tokio::spawn(async move { this.handle(&pack, message).await });
             }
         });
         Ok(())
     }
 
-    async fn handle(&self, message: Message) {
+    /// Put a scheduled job on the bus; with nobody to run it, it fails.
+    pub async fn publish(&self, job: &JobRecord) {
+        let message = Message {
+            subject: job.topic.clone(),
+            payload: to_json(&DispatchMessage { job_id: job.id.clone(), tenant: job.tenant.clone() }),
+        };
+        if let Err(e) = self.bus.publish(message).await {
+            let (code, text) = match &e {
+                BusError::NoSubscriber(_) => ("no_worker", format!("no worker serves topic {}", job.topic)),
+                BusError::Unavailable(m) => ("dispatch_failed", m.clone()),
+            };
+            let failure = JobFailure { code: code.into(), message: text.clone() };
+            let _ = self
+                .repo
+                .update_with(
+                    &job.id,
+                    |j| {
+                        if j.state.is_terminal() {
+                            return false;
+                        }
+                        j.error = Some(failure.clone());
+                        j.transition(JobState::Failed, Some(text.clone())).is_ok()
+                    },
+                    |j| vec![DlqEntry::from_job(j).put_op()],
+                )
+                .await;
+        }
+    }
+
+    /// Interrupt the component running `job_id`, if any.
+    pub fn interrupt(&self, job_id: &str) -> bool {
+        match self.running.lock().get(job_id) {
+            Some(flag) => {
+                flag.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Jobs running right now (for views and tests).
+    pub fn running_count(&self) -> usize {
+        self.running.lock().len()
+    }
+
+    async fn handle(self: &Arc<Self>, pack_id: &str, message: Message) {
         let Ok(dispatch) = serde_json::from_slice::<DispatchMessage>(&message.payload) else {
             tracing::warn!(subject = %message.subject, "dropping an undecodable dispatch message");
             return;
         };
         let id = dispatch.job_id;
+        // Wait for a slot of the pack's pool (its limit, the tenant's share,
+        // not draining); the job stays SCHEDULED meanwhile.
+        let pool = self.pools.pool_for_pack(pack_id).unwrap_or_else(|| pack_id.to_string());
+        let permit = self.pools.acquire_for(&pool, pack_id, &dispatch.tenant).await;
+        let flag = Arc::new(CancelFlag::default());
+        // Register the flag before claiming so a cancel racing the claim still lands.
+        self.running.lock().insert(id.clone(), flag.clone());
         let claimed = self
             .repo
-            .update(&id, |j| {
-                j.state == JobState::Scheduled && j.transition(JobState::Running, None).is_ok()
-            })
+            .update(&id, |j| j.state == JobState::Scheduled && j.transition(JobState::Running, None).is_ok())
             .await;
         let job = match claimed {
             Ok((job, true)) => job,
-            Ok((_, false)) => return, // cancelled or already taken
+            Ok((_, false)) => {
+                self.running.lock().remove(&id);
+                return; // cancelled or already taken
+            }
             Err(e) => {
+                self.running.lock().remove(&id);
                 tracing::error!(job = %id, error = %e, "cannot claim job");
                 return;
             }
         };
+        let settle = self.run(&job, flag, &pool).await;
+        self.running.lock().remove(&id);
+        finish_permit(permit, &settle);
+        self.settle(&job, settle).await;
+    }
+
+    async fn run(&self, job: &JobRecord, cancel: Arc<CancelFlag>, pool: &str) -> Settle {
         let Some(pack) = self.registry.pack(&job.pack_id) else {
-            self.finish(
-                &id,
-                JobState::Failed,
-                None,
-                Some((
-                    "pack_missing",
-                    format!("pack {} is not installed", job.pack_id),
-                )),
-            )
-            .await;
-            return;
+            return Settle::Failed(JobState::Failed, "pack_missing", format!("pack {} is not installed", job.pack_id));
         };
+        let config = self.effective_config().await;
         let item = WorkItem {
             job_id: job.id.clone(),
             topic: job.topic.clone(),
             tenant: job.tenant.clone(),
             input: job.input.to_string(),
-            labels: job
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: job.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             attempt: job.attempts,
+            timeout: job_timeout(job, pack.limits.timeout, &config),
+            memory_bytes: self.pools.effective_memory(pool).unwrap_or(pack.limits.memory_bytes),
         };
-        let config = Arc::new(self.effective_config().await);
+        let config = Arc::new(config);
         let runner = self.runner.clone();
         let handle = tokio::runtime::Handle::current();
-        let outcome = tokio::task::spawn_blocking(move || runner.run(&pack, &item, config, handle))
+        let outcome = tokio::task::spawn_blocking(move || runner.run(&pack, &item, config, cancel, handle))
             .await
-            .unwrap_or_else(|e| {
-                WorkOutcome::Aborted(PluginError::Sandbox(format!("worker thread failed: {e}")))
-            });
+            .unwrap_or_else(|e| WorkOutcome::Aborted(PluginError::Sandbox(format!("worker thread failed: {e}"))));
         match outcome {
             WorkOutcome::Output(text) if text.len() > MAX_OUTPUT_BYTES => {
-                self.finish(
-                    &id,
-                    JobState::Failed,
-                    None,
-                    Some((
-                        "output_too_large",
-                        format!("output is over {MAX_OUTPUT_BYTES} bytes"),
-                    )),
-                )
-                .await
+                Settle::Failed(JobState::Failed, "output_too_large", format!("output is over {MAX_OUTPUT_BYTES} bytes"))
             }
             WorkOutcome::Output(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(value) => {
-                    self.finish(&id, JobState::Succeeded, Some(value), None)
-                        .await
-                }
+                Ok(value) => Settle::Succeeded(value),
                 Err(e) => {
-                    self.finish(
-                        &id,
-                        JobState::Failed,
-                        None,
-                        Some((
-                            "invalid_output",
-                            format!("component output is not JSON: {e}"),
-                        )),
-                    )
-                    .await
+                    Settle::Failed(JobState::Failed, "invalid_output", format!("component output is not JSON: {e}"))
                 }
             },
-            WorkOutcome::InvalidInput(m) => {
-                self.finish(&id, JobState::Failed, None, Some(("invalid_input", m)))
-                    .await
-            }
-            WorkOutcome::Failed(m) => {
-                self.finish(&id, JobState::Failed, None, Some(("job_failed", m)))
-                    .await
-            }
-            WorkOutcome::Retryable(m) => {
-                self.finish(
-                    &id,
-                    JobState::Failed,
-                    None,
-                    Some(("job_failed_retryable", m)),
-                )
-                .await
-            }
+            WorkOutcome::InvalidInput(m) => Settle::Failed(JobState::Failed, "invalid_input", m),
+            WorkOutcome::Failed(m) => Settle::Failed(JobState::Failed, "job_failed", m),
+            WorkOutcome::Retryable(m) => Settle::Transient(JobState::Failed, "job_failed_retryable", m),
+            WorkOutcome::Aborted(PluginError::Cancelled) => Settle::Cancelled,
             WorkOutcome::Aborted(e @ PluginError::Timeout(_)) => {
-                self.finish(
-                    &id,
-                    JobState::Timeout,
-                    None,
-                    Some((e.code(), e.to_string())),
-                )
-                .await
+                Settle::Transient(JobState::Timeout, e.code(), e.to_string())
             }
-            WorkOutcome::Aborted(e) => {
-                self.finish(&id, JobState::Failed, None, Some((e.code(), e.to_string())))
-                    .await
+            WorkOutcome::Aborted(e @ PluginError::Trap(_)) => {
+                Settle::Transient(JobState::Failed, e.code(), e.to_string())
             }
+            WorkOutcome::Aborted(e) => Settle::Failed(JobState::Failed, e.code(), e.to_string()),
+        }
+    }
+
+    /// Record how a run ended: success, retry later, or failure for good (DLQ).
+    async fn settle(self: &Arc<Self>, job: &JobRecord, settle: Settle) {
+        let id = job.id.clone();
+        let (state, code, message, retry) = match settle {
+            Settle::Cancelled => {
+                let at = chrono::Utc::now();
+                let _ = self
+                    .repo
+                    .update(&id, |j| {
+                        j.interrupted_at = Some(at);
+                        true
+                    })
+                    .await;
+                return;
+            }
+            Settle::Succeeded(value) => {
+                let stored = self
+                    .repo
+                    .update(&id, |j| {
+                        j.state == JobState::Running && {
+                            j.result = Some(value.clone());
+                            j.error = None;
+                            j.transition(JobState::Succeeded, None).is_ok()
+                        }
+                    })
+                    .await;
+                self.announce(stored).await;
+                return;
+            }
+            Settle::Failed(state, code, message) => (state, code, message, false),
+            Settle::Transient(state, code, message) => (state, code, message, true),
+        };
+        let failure = JobFailure { code: code.to_string(), message: message.clone() };
+        if retry && job.attempts <= job.max_retries {
+            let delay = backoff(self.retry_base, job.attempts);
+            let note = format!(
+                "attempt {} failed ({code}); retry {} of {} in {} ms",
+                job.attempts,
+                job.attempts,
+                job.max_retries,
+                delay.as_millis()
+            );
+            let stored = self
+                .repo
+                .update(&id, |j| {
+                    j.state == JobState::Running && {
+                        j.error = Some(failure.clone());
+                        j.transition(JobState::Retrying, Some(note.clone())).is_ok()
+                    }
+                })
+                .await;
+            if matches!(stored, Ok((_, true))) {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    this.resume(&id).await;
+                });
+            }
+            return;
+        }
+        let stored = self
+            .repo
+            .update_with(
+                &id,
+                |j| {
+                    j.state == JobState::Running && {
+                        j.error = Some(failure.clone());
+                        j.transition(state, Some(message.clone())).is_ok()
+                    }
+                },
+                |j| vec![DlqEntry::from_job(j).put_op()],
+            )
+            .await;
+        self.announce(stored).await;
+    }
+
+    /// A retrying job whose delay is over goes back on the bus.
+    async fn resume(&self, id: &str) {
+        let updated = self
+            .repo
+            .update(id, |j| j.state == JobState::Retrying && j.transition(JobState::Scheduled, None).is_ok())
+            .await;
+        if let Ok((job, true)) = updated {
+            self.publish(&job).await;
+        }
+    }
+
+    async fn announce(&self, stored: Result<(JobRecord, bool), super::repo::RepoError>) {
+        match stored {
+            Ok((job, true)) => {
+                let event = serde_json::json!({
+                    "job_id": job.id, "tenant": job.tenant, "topic": job.topic, "state": job.state,
+                    "error_code": job.error.as_ref().map(|e| e.code.clone()),
+                });
+                let _ = self.bus.publish(Message { subject: "sys.job.result".into(), payload: to_json(&event) }).await;
+            }
+            Ok((_, false)) => {}
+            Err(e) => tracing::error!(error = %e, "cannot store job result"),
         }
     }
 
@@ -217,67 +347,25 @@ impl Dispatcher {
         }
     }
 
-    async fn finish(
-        &self,
-        id: &str,
-        state: JobState,
-        result: Option<serde_json::Value>,
-        failure: Option<(&str, String)>,
-    ) {
-        let failure = failure.map(|(code, message)| JobFailure {
-            code: code.to_string(),
-            message,
-        });
-        let stored = self
-            .repo
-            .update(id, |j| {
-                if j.state != JobState::Running {
-                    return false;
-                }
-                j.result = result.clone();
-                j.error = failure.clone();
-                j.transition(state, failure.as_ref().map(|f| f.message.clone()))
-                    .is_ok()
-            })
-            .await;
-        match stored {
-            Ok((job, true)) => {
-                let event = serde_json::json!({
-                    "job_id": job.id, "tenant": job.tenant, "topic": job.topic, "state": job.state,
-                    "error_code": job.error.as_ref().map(|e| e.code.clone()),
-                });
-                let _ = self
-                    .bus
-                    .publish(Message {
-                        subject: "sys.job.result".into(),
-                        payload: to_json(&event),
-                    })
-                    .await;
-            }
-            Ok((_, false)) => {}
-            Err(e) => tracing::error!(job = %id, error = %e, "cannot store job result"),
-        }
-    }
-
-    /// After a restart: jobs that were scheduled or running go out again
-    /// (a running one is put back to scheduled first; its attempt counts).
-    pub async fn recover(&self, jobs: &JobService) -> Result<usize, String> {
+    /// After a restart: jobs that were scheduled, running or waiting for a
+    /// retry go out again (a running one counts its interrupted attempt).
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, String> {
         let mut count = 0;
         for id in self.repo.in_flight().await.map_err(|e| e.to_string())? {
             let updated = self
                 .repo
                 .update(&id, |j| match j.state {
                     JobState::Running => {
-                        j.transition(JobState::Retrying, Some("gateway restarted".into()))
-                            .is_ok()
+                        j.transition(JobState::Retrying, Some("gateway restarted".into())).is_ok()
                             && j.transition(JobState::Scheduled, None).is_ok()
                     }
+                    JobState::Retrying => j.transition(JobState::Scheduled, Some("gateway restarted".into())).is_ok(),
                     _ => false,
                 })
                 .await;
             match updated {
                 Ok((job, _)) if job.state == JobState::Scheduled => {
-                    jobs.dispatch(&job).await;
+                    self.publish(&job).await;
                     count += 1;
                 }
                 Ok(_) => {}
@@ -285,5 +373,63 @@ impl Dispatcher {
             }
         }
         Ok(count)
+    }
+}
+
+/// Report a run's outcome to its pool (health and totals of the worker).
+fn finish_permit(permit: PoolPermit, settle: &Settle) {
+    match settle {
+        Settle::Succeeded(_) => permit.finish(true, None),
+        Settle::Failed(_, code, message) | Settle::Transient(_, code, message) => {
+            permit.finish(false, Some(format!("{code}: {message}")))
+        }
+        Settle::Cancelled => permit.finish(false, Some("cancelled".into())),
+    }
+}
+
+/// Exponential backoff with jitter: base·2^(attempt-1), capped, plus up to half again.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(MAX_BACKOFF);
+    let jitter = rand::thread_rng().gen_range(0..=exp.as_millis() as u64 / 2);
+    exp + Duration::from_millis(jitter)
+}
+
+/// The job's wall-clock budget: the pack's limit, lowered by
+/// `timeouts.topics.<topic>` (seconds) and by the policy's
+/// `budgets.max_runtime_ms`.
+fn job_timeout(job: &JobRecord, pack_limit: Duration, config: &serde_json::Value) -> Duration {
+    let mut timeout = pack_limit;
+    if let Some(secs) = config.pointer("/timeouts/topics").and_then(|t| t.get(&job.topic)).and_then(|v| v.as_f64()) {
+        if secs > 0.0 {
+            timeout = timeout.min(Duration::from_secs_f64(secs));
+        }
+    }
+    let constraint = job
+        .safety
+        .as_ref()
+        .and_then(|s| s.decision.constraints.as_ref())
+        .and_then(|c| c.pointer("/budgets/max_runtime_ms"))
+        .and_then(|v| v.as_u64())
+        .filter(|ms| *ms > 0);
+    if let Some(ms) = constraint {
+        timeout = timeout.min(Duration::from_millis(ms));
+    }
+    timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..5u32 {
+            let d = backoff(base, attempt);
+            let exp = base * (1 << (attempt - 1));
+            assert!(d >= exp && d <= exp + exp / 2, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(base, 40) <= Duration::from_secs(45));
     }
 }

@@ -2,8 +2,12 @@
 //! dispatch), reading, and the in-process dispatcher that runs jobs on pack
 //! components.
 
+pub mod approvals;
 pub mod dispatch;
+pub mod dlq;
+pub mod lifecycle;
 pub mod model;
+pub mod pools;
 pub mod repo;
 pub mod submit;
 

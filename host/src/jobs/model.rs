@@ -73,15 +73,7 @@ impl JobState {
             ApprovalRequired => {
                 matches!(
                     to,
-                    Pending
-                        | Scheduled
-                        | Dispatched
-                        | Running
-                        | Denied
-                        | Failed
-                        | Timeout
-                        | Succeeded
-                        | Cancelled
+                    Pending | Scheduled | Dispatched | Running | Denied | Failed | Timeout | Succeeded | Cancelled
                 )
             }
             Scheduled => matches!(
@@ -100,31 +92,13 @@ impl JobState {
             Dispatched => {
                 matches!(
                     to,
-                    Scheduled
-                        | Running
-                        | Succeeded
-                        | Failed
-                        | Cancelled
-                        | Timeout
-                        | OutputQuarantined
-                        | Retrying
+                    Scheduled | Running | Succeeded | Failed | Cancelled | Timeout | OutputQuarantined | Retrying
                 )
             }
-            Running => matches!(
-                to,
-                Running | Succeeded | Failed | Cancelled | Timeout | OutputQuarantined | Retrying
-            ),
-            Retrying => matches!(
-                to,
-                Scheduled
-                    | Dispatched
-                    | Running
-                    | Retrying
-                    | Succeeded
-                    | Failed
-                    | Cancelled
-                    | Timeout
-            ),
+            Running => matches!(to, Running | Succeeded | Failed | Cancelled | Timeout | OutputQuarantined | Retrying),
+            Retrying => {
+                matches!(to, Scheduled | Dispatched | Running | Retrying | Succeeded | Failed | Cancelled | Timeout)
+            }
             Succeeded => matches!(to, OutputQuarantined),
             Failed | Cancelled | Timeout | Denied | OutputQuarantined => false,
         }
@@ -193,6 +167,49 @@ pub struct JobRecord {
     pub output_safety: Option<serde_json::Value>,
     #[serde(default)]
     pub worker_id: Option<String>,
+    /// Retries allowed after the first attempt (from the policy's constraints).
+    #[serde(default)]
+    pub max_retries: u32,
+    #[serde(default)]
+    pub approval: Option<ApprovalRecord>,
+    #[serde(default)]
+    pub links: JobLinks,
+    /// When a cancelled job's running component was actually stopped.
+    #[serde(default)]
+    pub interrupted_at: Option<DateTime<Utc>>,
+}
+
+/// How a held job was resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// `approved`, `rejected`, `invalidated` or `repaired`.
+    pub status: String,
+    pub by: String,
+    pub role: String,
+    pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub note: String,
+    /// Snapshot the approval was checked against.
+    pub policy_snapshot: String,
+}
+
+/// Jobs derived from this one and the one it derives from, both ways.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobLinks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remediated_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired_as: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,16 +222,9 @@ pub struct TransitionError {
 impl JobRecord {
     /// Move to `to`, recording the change; refuses transitions the state
     /// machine does not allow.
-    pub fn transition(
-        &mut self,
-        to: JobState,
-        note: Option<String>,
-    ) -> Result<(), TransitionError> {
+    pub fn transition(&mut self, to: JobState, note: Option<String>) -> Result<(), TransitionError> {
         if !self.state.can_move_to(to) {
-            return Err(TransitionError {
-                from: self.state,
-                to,
-            });
+            return Err(TransitionError { from: self.state, to });
         }
         let now = Utc::now();
         if to == JobState::Running {
@@ -222,11 +232,7 @@ impl JobRecord {
         }
         self.state = to;
         self.updated_at = now;
-        self.history.push(StateChange {
-            state: to,
-            at: now,
-            note,
-        });
+        self.history.push(StateChange { state: to, at: now, note });
         Ok(())
     }
 }

@@ -26,6 +26,19 @@ fn active_key(id: &str) -> String {
     format!("{ACTIVE_PREFIX}{id}")
 }
 
+/// Index of jobs held for approval, per tenant.
+pub fn approval_key(tenant: &str, id: &str) -> String {
+    format!("approval:{tenant}:{id}")
+}
+
+pub fn approval_prefix(tenant: &str) -> String {
+    format!("approval:{tenant}:")
+}
+
+pub fn index_prefix(tenant: &str) -> String {
+    format!("jobidx:{tenant}:")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error(transparent)]
@@ -78,10 +91,7 @@ pub struct JobRepo {
 
 impl JobRepo {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self {
-            store,
-            waiters: Arc::new(Waiters::default()),
-        }
+        Self { store, waiters: Arc::new(Waiters::default()) }
     }
 
     pub fn waiters(&self) -> &Waiters {
@@ -95,23 +105,13 @@ impl JobRepo {
     /// The ops that create a new job (record, index, in-flight marker).
     pub fn create_ops(job: &JobRecord) -> Vec<Op> {
         let mut ops = vec![
-            Op::PutIfAbsent {
-                key: job_key(&job.id),
-                value: to_json(job),
-                ttl: None,
-            },
-            Op::Put {
-                key: index_key(job),
-                value: job.id.as_bytes().to_vec(),
-                ttl: None,
-            },
+            Op::PutIfAbsent { key: job_key(&job.id), value: to_json(job), ttl: None },
+            Op::Put { key: index_key(job), value: job.id.as_bytes().to_vec(), ttl: None },
         ];
-        if !job.state.is_terminal() {
-            ops.push(Op::Put {
-                key: active_key(&job.id),
-                value: job.tenant.as_bytes().to_vec(),
-                ttl: None,
-            });
+        if job.state == JobState::ApprovalRequired {
+            ops.push(Op::Put { key: approval_key(&job.tenant, &job.id), value: job.id.as_bytes().to_vec(), ttl: None });
+        } else if !job.state.is_terminal() {
+            ops.push(Op::Put { key: active_key(&job.id), value: job.tenant.as_bytes().to_vec(), ttl: None });
         }
         ops
     }
@@ -119,8 +119,7 @@ impl JobRepo {
     pub async fn get(&self, id: &str) -> Result<Option<(JobRecord, u64)>, RepoError> {
         match self.store.get(&job_key(id)).await? {
             Some(Entry { value, revision }) => {
-                let job: JobRecord = serde_json::from_slice(&value)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let job: JobRecord = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok(Some((job, revision)))
             }
             None => Ok(None),
@@ -129,29 +128,36 @@ impl JobRepo {
 
     /// Read-modify-write with compare-and-set. `change` returns false to
     /// leave the job as it is. Returns the job as stored afterwards.
-    pub async fn update<F>(&self, id: &str, mut change: F) -> Result<(JobRecord, bool), RepoError>
+    pub async fn update<F>(&self, id: &str, change: F) -> Result<(JobRecord, bool), RepoError>
     where
         F: FnMut(&mut JobRecord) -> bool,
     {
+        self.update_with(id, change, |_| Vec::new()).await
+    }
+
+    /// [`update`](Self::update) plus `extra` ops (index entries, DLQ records)
+    /// written atomically with the new record.
+    pub async fn update_with<F, G>(&self, id: &str, mut change: F, extra: G) -> Result<(JobRecord, bool), RepoError>
+    where
+        F: FnMut(&mut JobRecord) -> bool,
+        G: Fn(&JobRecord) -> Vec<Op>,
+    {
         for _ in 0..32 {
-            let (mut job, revision) = self
-                .get(id)
-                .await?
-                .ok_or_else(|| RepoError::NotFound(id.to_string()))?;
+            let (mut job, revision) = self.get(id).await?.ok_or_else(|| RepoError::NotFound(id.to_string()))?;
             if !change(&mut job) {
                 return Ok((job, false));
             }
-            let mut ops = vec![Op::PutIfRevision {
-                key: job_key(id),
-                value: to_json(&job),
-                expected: revision,
-                ttl: None,
-            }];
+            let mut ops =
+                vec![Op::PutIfRevision { key: job_key(id), value: to_json(&job), expected: revision, ttl: None }];
             if job.state.is_terminal() {
-                ops.push(Op::Delete {
-                    key: active_key(id),
-                });
+                ops.push(Op::Delete { key: active_key(id) });
+            } else if job.state != JobState::ApprovalRequired {
+                ops.push(Op::Put { key: active_key(id), value: job.tenant.as_bytes().to_vec(), ttl: None });
             }
+            if job.state != JobState::ApprovalRequired {
+                ops.push(Op::Delete { key: approval_key(&job.tenant, id) });
+            }
+            ops.extend(extra(&job));
             match self.store.apply(ops).await? {
                 BatchOutcome::Applied(_) => {
                     if job.state.is_terminal() {
@@ -168,10 +174,7 @@ impl JobRepo {
     /// Jobs still in flight (for recovery after a restart).
     pub async fn in_flight(&self) -> Result<Vec<String>, RepoError> {
         let items = self.store.scan(ACTIVE_PREFIX, None, 1_000_000).await?;
-        Ok(items
-            .into_iter()
-            .map(|(k, _)| k[ACTIVE_PREFIX.len()..].to_string())
-            .collect())
+        Ok(items.into_iter().map(|(k, _)| k[ACTIVE_PREFIX.len()..].to_string()).collect())
     }
 
     /// A convenience for states: is the stored job in `state`?

@@ -8,10 +8,10 @@
 //! accepted (bad input, unknown topic, schema violations, throttle, policy
 //! unavailable) stores nothing and keeps no idempotency key.
 
-use super::model::{JobFailure, JobRecord, JobState, SafetyRecord, StateChange};
+use super::dispatch::Dispatcher;
+use super::model::{JobFailure, JobLinks, JobRecord, JobState, SafetyRecord, StateChange};
 use super::repo::{JobRepo, RepoError};
 use crate::auth::AuthContext;
-use crate::bus::{Bus, BusError, Message};
 use crate::packs::PackRegistry;
 use crate::packs::manifest::valid_topic;
 use crate::policy::{DecisionKind, PolicyDecision, PolicyError, PolicyRequest, PolicyService};
@@ -124,21 +124,9 @@ pub struct SubmitJob {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SubmitOutcome {
-    Accepted {
-        job_id: String,
-        trace_id: String,
-    },
-    ApprovalRequired {
-        job_id: String,
-        trace_id: String,
-        reason: String,
-        rule_id: String,
-    },
-    Denied {
-        job_id: String,
-        trace_id: String,
-        decision: PolicyDecision,
-    },
+    Accepted { job_id: String, trace_id: String },
+    ApprovalRequired { job_id: String, trace_id: String, reason: String, rule_id: String },
+    Denied { job_id: String, trace_id: String, decision: PolicyDecision },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,15 +136,9 @@ pub enum JobError {
     #[error("tenant access denied")]
     TenantDenied,
     #[error("unknown topic {topic}")]
-    UnknownTopic {
-        topic: String,
-        registered: Vec<String>,
-    },
+    UnknownTopic { topic: String, registered: Vec<String> },
     #[error("schema validation failed")]
-    SchemaViolations {
-        schema_id: String,
-        violations: Vec<Violation>,
-    },
+    SchemaViolations { schema_id: String, violations: Vec<Violation> },
     #[error("idempotency key already used with a different request")]
     IdempotencyConflict,
     #[error("{reason}")]
@@ -169,6 +151,14 @@ pub enum JobError {
     NotFound,
     #[error("job store unavailable: {0}")]
     Store(String),
+    #[error("another request changed this at the same time")]
+    Raced,
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String, state: Option<JobState> },
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFoundWhat(&'static str),
 }
 
 impl From<StoreError> for JobError {
@@ -200,12 +190,25 @@ pub struct DispatchMessage {
 }
 
 pub struct JobService {
-    repo: JobRepo,
-    bus: Arc<dyn Bus>,
-    policy: Arc<PolicyService>,
-    schemas: Arc<SchemaService>,
-    registry: Arc<PackRegistry>,
+    pub(super) repo: JobRepo,
+    pub(super) dispatcher: Arc<Dispatcher>,
+    pub(super) policy: Arc<PolicyService>,
+    pub(super) schemas: Arc<SchemaService>,
+    pub(super) registry: Arc<PackRegistry>,
     idempotency_ttl: Duration,
+}
+
+/// What an internal submit (remediation, DLQ retry, repair) adds to a job.
+#[derive(Default)]
+pub(super) struct SubmitExtras {
+    /// Reserved labels set by the gateway itself.
+    pub labels: BTreeMap<String, String>,
+    pub links: JobLinks,
+    /// Written atomically with the new job; a failed condition means another
+    /// request raced this one ([`JobError::Raced`]).
+    pub ops: Vec<Op>,
+    /// Use this id instead of a fresh UUID.
+    pub job_id: Option<String>,
 }
 
 fn clean(s: &Option<String>) -> String {
@@ -226,20 +229,13 @@ fn merge_lists(a: &[String], b: &[String]) -> Vec<String> {
 impl JobService {
     pub fn new(
         repo: JobRepo,
-        bus: Arc<dyn Bus>,
+        dispatcher: Arc<Dispatcher>,
         policy: Arc<PolicyService>,
         schemas: Arc<SchemaService>,
         registry: Arc<PackRegistry>,
         idempotency_ttl: Duration,
     ) -> Self {
-        Self {
-            repo,
-            bus,
-            policy,
-            schemas,
-            registry,
-            idempotency_ttl,
-        }
+        Self { repo, dispatcher, policy, schemas, registry, idempotency_ttl }
     }
 
     pub fn repo(&self) -> &JobRepo {
@@ -256,12 +252,20 @@ impl JobService {
         body: SubmitJob,
         idempotency_key: Option<String>,
     ) -> Result<SubmitOutcome, JobError> {
+        self.submit_with(caller, tenant, body, idempotency_key, SubmitExtras::default()).await
+    }
+
+    pub(super) async fn submit_with(
+        &self,
+        caller: &AuthContext,
+        tenant: &str,
+        body: SubmitJob,
+        idempotency_key: Option<String>,
+        extras: SubmitExtras,
+    ) -> Result<SubmitOutcome, JobError> {
         let meta = body.meta.clone().unwrap_or_default();
         // A body tenant must be the request's tenant; none means the caller's.
-        for named in [&body.tenant_id, &body.org_id, &meta.tenant_id]
-            .into_iter()
-            .flatten()
-        {
+        for named in [&body.tenant_id, &body.org_id, &meta.tenant_id].into_iter().flatten() {
             let named = named.trim();
             if !named.is_empty() && named != tenant {
                 return Err(JobError::TenantDenied);
@@ -276,9 +280,7 @@ impl JobService {
         }
         let payload = match (&body.input, &body.context) {
             (Some(a), Some(b)) if a != b => {
-                return Err(JobError::Invalid(
-                    "input and context both given with different values".into(),
-                ));
+                return Err(JobError::Invalid("input and context both given with different values".into()));
             }
             (Some(v), _) | (None, Some(v)) => v.clone(),
             (None, None) => serde_json::Value::Null,
@@ -298,9 +300,7 @@ impl JobService {
             (_, b) => b,
         };
         if !matches!(actor_type.as_str(), "" | "human" | "service") {
-            return Err(JobError::Invalid(
-                "actor_type must be 'human' or 'service'".into(),
-            ));
+            return Err(JobError::Invalid("actor_type must be 'human' or 'service'".into()));
         }
         for (name, value) in [
             ("max_input_tokens", body.max_input_tokens),
@@ -326,9 +326,7 @@ impl JobService {
                 continue;
             }
             if k.is_empty() || k.len() > 256 || v.len() > 4096 {
-                return Err(JobError::Invalid(format!(
-                    "label {k:?}: keys are 1..=256 bytes, values at most 4096"
-                )));
+                return Err(JobError::Invalid(format!("label {k:?}: keys are 1..=256 bytes, values at most 4096")));
             }
             labels.insert(k.clone(), v.clone());
         }
@@ -338,20 +336,15 @@ impl JobService {
 
         // Idempotency: same key + same payload replays, another payload conflicts.
         let request_hash = {
-            let mut canonical =
-                serde_json::to_value(&body).map_err(|e| JobError::Invalid(e.to_string()))?;
+            let mut canonical = serde_json::to_value(&body).map_err(|e| JobError::Invalid(e.to_string()))?;
             if let Some(obj) = canonical.as_object_mut() {
                 obj.remove("idempotency_key");
             }
             hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
         };
         let raw_idempotency_key = idempotency_key.clone();
-        let idem_key = idempotency_key.map(|k| {
-            format!(
-                "idem:{tenant}:jobs:{}",
-                hex::encode(Sha256::digest(k.as_bytes()))
-            )
-        });
+        let idem_key =
+            idempotency_key.map(|k| format!("idem:{tenant}:jobs:{}", hex::encode(Sha256::digest(k.as_bytes()))));
         if let Some(key) = &idem_key
             && let Some(entry) = self.repo.store().get(key).await?
         {
@@ -366,10 +359,7 @@ impl JobService {
         let entry = self
             .registry
             .topic(&topic)
-            .ok_or_else(|| JobError::UnknownTopic {
-                topic: topic.clone(),
-                registered: self.registry.topic_names(),
-            })?;
+            .ok_or_else(|| JobError::UnknownTopic { topic: topic.clone(), registered: self.registry.topic_names() })?;
         let claimed_pack = clean(&body.pack_id).or_else_nonempty(clean(&meta.pack_id));
         if !claimed_pack.is_empty() && claimed_pack != entry.pack_id {
             return Err(JobError::Invalid(format!(
@@ -383,10 +373,7 @@ impl JobService {
             match self.schemas.validate(tenant, schema_id, &document) {
                 Ok(v) if v.is_empty() => {}
                 Ok(violations) => {
-                    return Err(JobError::SchemaViolations {
-                        schema_id: schema_id.clone(),
-                        violations,
-                    });
+                    return Err(JobError::SchemaViolations { schema_id: schema_id.clone(), violations });
                 }
                 Err(SchemaError::InvalidDocument(m)) => {
                     return Err(JobError::Invalid(format!("input: {m}")));
@@ -395,25 +382,18 @@ impl JobService {
             }
         }
 
-        let job_id = uuid::Uuid::new_v4().to_string();
+        let job_id = extras.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let trace_id = uuid::Uuid::new_v4().to_string();
-        let principal = clean(&body.principal_id)
-            .or_else_nonempty(caller.principal_id.clone().unwrap_or_default());
-        let actor_id = clean(&body.actor_id)
-            .or_else_nonempty(clean(&meta.actor_id))
-            .or_else_nonempty(principal.clone());
+        let principal = clean(&body.principal_id).or_else_nonempty(caller.principal_id.clone().unwrap_or_default());
+        let actor_id =
+            clean(&body.actor_id).or_else_nonempty(clean(&meta.actor_id)).or_else_nonempty(principal.clone());
         let capability = clean(&body.capability)
             .or_else_nonempty(clean(&meta.capability))
             .or_else_nonempty(entry.capability.clone());
-        let risk_tags = merge_lists(
-            &merge_lists(&body.risk_tags, &meta.risk_tags),
-            &entry.risk_tags,
-        );
-        let requires = merge_lists(
-            &merge_lists(&body.requires, &meta.requires),
-            &entry.requires,
-        );
+        let risk_tags = merge_lists(&merge_lists(&body.risk_tags, &meta.risk_tags), &entry.risk_tags);
+        let requires = merge_lists(&merge_lists(&body.requires, &meta.requires), &entry.requires);
         labels.insert("_source".into(), "api".into());
+        labels.extend(extras.labels.clone());
 
         let request = PolicyRequest {
             job_id: job_id.clone(),
@@ -434,10 +414,7 @@ impl JobService {
             Err(e) => return Err(JobError::PolicyUnavailable(e.to_string())),
         };
         if decision.decision == DecisionKind::Throttle {
-            return Err(JobError::Throttled {
-                reason: decision.reason,
-                rule_id: decision.rule_id,
-            });
+            return Err(JobError::Throttled { reason: decision.reason, rule_id: decision.rule_id });
         }
 
         let now = Utc::now();
@@ -463,33 +440,28 @@ impl JobService {
             submitted_by: caller.submitted_by(),
             idempotency_key: raw_idempotency_key,
             attempts: 0,
-            history: vec![StateChange {
-                state: JobState::Pending,
-                at: now,
-                note: None,
-            }],
-            safety: Some(SafetyRecord {
-                decision: decision.clone(),
-                checked_at: now,
-            }),
+            history: vec![StateChange { state: JobState::Pending, at: now, note: None }],
+            safety: Some(SafetyRecord { decision: decision.clone(), checked_at: now }),
             result: None,
             error: None,
             output_safety: None,
             worker_id: None,
+            max_retries: decision
+                .constraints
+                .as_ref()
+                .and_then(|c| c.pointer("/budgets/max_retries"))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+                .min(20) as u32,
+            approval: None,
+            links: extras.links.clone(),
+            interrupted_at: None,
         };
         let outcome = match decision.decision {
             DecisionKind::Deny => {
-                job.transition(JobState::Denied, Some(decision.reason.clone()))
-                    .expect("PENDING → DENIED");
-                job.error = Some(JobFailure {
-                    code: "policy_denied".into(),
-                    message: decision.reason.clone(),
-                });
-                SubmitOutcome::Denied {
-                    job_id: job_id.clone(),
-                    trace_id: trace_id.clone(),
-                    decision,
-                }
+                job.transition(JobState::Denied, Some(decision.reason.clone())).expect("PENDING → DENIED");
+                job.error = Some(JobFailure { code: "policy_denied".into(), message: decision.reason.clone() });
+                SubmitOutcome::Denied { job_id: job_id.clone(), trace_id: trace_id.clone(), decision }
             }
             DecisionKind::RequireApproval => {
                 job.transition(JobState::ApprovalRequired, Some(decision.reason.clone()))
@@ -502,33 +474,23 @@ impl JobService {
                 }
             }
             _ => {
-                job.transition(JobState::Scheduled, None)
-                    .expect("PENDING → SCHEDULED");
-                SubmitOutcome::Accepted {
-                    job_id: job_id.clone(),
-                    trace_id: trace_id.clone(),
-                }
+                job.transition(JobState::Scheduled, None).expect("PENDING → SCHEDULED");
+                SubmitOutcome::Accepted { job_id: job_id.clone(), trace_id: trace_id.clone() }
             }
         };
 
         let mut ops = JobRepo::create_ops(&job);
+        let idem_index = ops.len();
         if let Some(key) = &idem_key {
-            let record = IdempotencyRecord {
-                request_hash: request_hash.clone(),
-                outcome: outcome.clone(),
-            };
-            ops.push(Op::PutIfAbsent {
-                key: key.clone(),
-                value: to_json(&record),
-                ttl: Some(self.idempotency_ttl),
-            });
+            let record = IdempotencyRecord { request_hash: request_hash.clone(), outcome: outcome.clone() };
+            ops.push(Op::PutIfAbsent { key: key.clone(), value: to_json(&record), ttl: Some(self.idempotency_ttl) });
         }
+        let extra_index = ops.len();
+        ops.extend(extras.ops);
         match self.repo.store().apply(ops).await? {
             BatchOutcome::Applied(_) => {}
-            BatchOutcome::Conflict {
-                current: Some(entry),
-                ..
-            } if idem_key.is_some() => {
+            BatchOutcome::Conflict { index, .. } if index >= extra_index => return Err(JobError::Raced),
+            BatchOutcome::Conflict { index, current: Some(entry) } if idem_key.is_some() && index == idem_index => {
                 // Lost a race with the same key: answer as that request did.
                 let record: IdempotencyRecord = entry.json()?;
                 return if record.request_hash == request_hash {
@@ -543,42 +505,9 @@ impl JobService {
         }
 
         if matches!(outcome, SubmitOutcome::Accepted { .. }) {
-            self.dispatch(&job).await;
+            self.dispatcher.publish(&job).await;
         }
         Ok(outcome)
-    }
-
-    /// Put a scheduled job on the bus; with nobody to run it, it fails.
-    pub async fn dispatch(&self, job: &JobRecord) {
-        let message = Message {
-            subject: job.topic.clone(),
-            payload: to_json(&DispatchMessage {
-                job_id: job.id.clone(),
-                tenant: job.tenant.clone(),
-            }),
-        };
-        if let Err(e) = self.bus.publish(message).await {
-            let (code, text) = match &e {
-                BusError::NoSubscriber(_) => {
-                    ("no_worker", format!("no worker serves topic {}", job.topic))
-                }
-                BusError::Unavailable(m) => ("dispatch_failed", m.clone()),
-            };
-            let failure = JobFailure {
-                code: code.into(),
-                message: text.clone(),
-            };
-            let _ = self
-                .repo
-                .update(&job.id, |j| {
-                    if j.state.is_terminal() {
-                        return false;
-                    }
-                    j.error = Some(failure.clone());
-                    j.transition(JobState::Failed, Some(text.clone())).is_ok()
-                })
-                .await;
-        }
     }
 
     /// A job of `tenant`; another tenant's job answers exactly like a missing one.
@@ -591,12 +520,7 @@ impl JobService {
 
     /// Like [`get`](Self::get), but waits up to `wait` for the job to reach
     /// a terminal state (long polling).
-    pub async fn get_when_done(
-        &self,
-        tenant: &str,
-        id: &str,
-        wait: Duration,
-    ) -> Result<JobRecord, JobError> {
+    pub async fn get_when_done(&self, tenant: &str, id: &str, wait: Duration) -> Result<JobRecord, JobError> {
         let done = self.repo.waiters().register(id);
         let job = self.get(tenant, id).await?;
         if job.state.is_terminal() || wait.is_zero() {

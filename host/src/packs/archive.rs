@@ -15,11 +15,7 @@ pub struct UnpackLimits {
 
 impl Default for UnpackLimits {
     fn default() -> Self {
-        Self {
-            max_files: 2048,
-            max_file_bytes: 32 << 20,
-            max_total_bytes: 256 << 20,
-        }
+        Self { max_files: 2048, max_file_bytes: 32 << 20, max_total_bytes: 256 << 20 }
     }
 }
 
@@ -28,9 +24,7 @@ impl Default for UnpackLimits {
 pub fn write_bundle(files: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
     let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::default());
+    let gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
     let mut builder = tar::Builder::new(gz);
     builder.mode(tar::HeaderMode::Deterministic);
     for (path, data) in sorted {
@@ -87,17 +81,12 @@ fn clean_path(raw: &str) -> Result<String, ArchiveError> {
 /// Unpack a `.tgz` into (path, bytes), refusing links, special files, paths
 /// outside the root and anything over `limits`. When every entry sits in one
 /// top-level directory that holds `pack.yaml`, that directory is stripped.
-pub fn read_bundle(
-    bytes: &[u8],
-    limits: UnpackLimits,
-) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
+pub fn read_bundle(bytes: &[u8], limits: UnpackLimits) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
     let gz = flate2::read::GzDecoder::new(bytes);
     let mut archive = tar::Archive::new(gz);
     let mut files = Vec::new();
     let mut total: u64 = 0;
-    let entries = archive
-        .entries()
-        .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
+    let entries = archive.entries().map_err(|e| ArchiveError::Malformed(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ArchiveError::Malformed(e.to_string()))?;
         let raw_path = String::from_utf8_lossy(&entry.path_bytes()).to_string();
@@ -111,20 +100,11 @@ pub fn read_bundle(
             return Err(ArchiveError::UnsafePath(raw_path));
         }
         if files.len() >= limits.max_files {
-            return Err(ArchiveError::TooLarge(format!(
-                "more than {} files",
-                limits.max_files
-            )));
+            return Err(ArchiveError::TooLarge(format!("more than {} files", limits.max_files)));
         }
-        let size = entry
-            .header()
-            .size()
-            .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
+        let size = entry.header().size().map_err(|e| ArchiveError::Malformed(e.to_string()))?;
         if size > limits.max_file_bytes {
-            return Err(ArchiveError::TooLarge(format!(
-                "{path} is over {} bytes",
-                limits.max_file_bytes
-            )));
+            return Err(ArchiveError::TooLarge(format!("{path} is over {} bytes", limits.max_file_bytes)));
         }
         let mut data = Vec::with_capacity(size as usize);
         (&mut entry)
@@ -132,17 +112,11 @@ pub fn read_bundle(
             .read_to_end(&mut data)
             .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
         if data.len() as u64 > limits.max_file_bytes {
-            return Err(ArchiveError::TooLarge(format!(
-                "{path} is over {} bytes",
-                limits.max_file_bytes
-            )));
+            return Err(ArchiveError::TooLarge(format!("{path} is over {} bytes", limits.max_file_bytes)));
         }
         total += data.len() as u64;
         if total > limits.max_total_bytes {
-            return Err(ArchiveError::TooLarge(format!(
-                "unpacked size over {} bytes",
-                limits.max_total_bytes
-            )));
+            return Err(ArchiveError::TooLarge(format!("unpacked size over {} bytes", limits.max_total_bytes)));
         }
         files.push((path, data));
     }
@@ -151,23 +125,15 @@ pub fn read_bundle(
 }
 
 fn strip_single_root(files: &mut [(String, Vec<u8>)]) {
-    if files
-        .iter()
-        .any(|(p, _)| p == "pack.yaml" || p == "pack.yml")
-    {
+    if files.iter().any(|(p, _)| p == "pack.yaml" || p == "pack.yml") {
         return;
     }
-    let Some(first) = files
-        .first()
-        .and_then(|(p, _)| p.split('/').next().map(str::to_string))
-    else {
+    let Some(first) = files.first().and_then(|(p, _)| p.split('/').next().map(str::to_string)) else {
         return;
     };
     let prefix = format!("{first}/");
     if files.iter().all(|(p, _)| p.starts_with(&prefix))
-        && files
-            .iter()
-            .any(|(p, _)| p == &format!("{prefix}pack.yaml") || p == &format!("{prefix}pack.yml"))
+        && files.iter().any(|(p, _)| p == &format!("{prefix}pack.yaml") || p == &format!("{prefix}pack.yml"))
     {
         for (p, _) in files.iter_mut() {
             *p = p[prefix.len()..].to_string();

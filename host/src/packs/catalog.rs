@@ -59,8 +59,7 @@ impl CatalogSource {
     pub fn embedded() -> CatalogSource {
         CatalogSource {
             name: "builtin".into(),
-            catalog: serde_json::from_str(EMBEDDED_CATALOG)
-                .expect("embedded catalog is valid JSON"),
+            catalog: serde_json::from_str(EMBEDDED_CATALOG).expect("embedded catalog is valid JSON"),
             base_dir: None,
         }
     }
@@ -68,13 +67,9 @@ impl CatalogSource {
     /// A catalog file on disk.
     pub fn from_file(path: &Path) -> Result<CatalogSource, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("catalog {}: {e}", path.display()))?;
-        let catalog: Catalog = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("catalog {}: {e}", path.display()))?;
-        Ok(CatalogSource {
-            name: path.display().to_string(),
-            catalog,
-            base_dir: path.parent().map(Path::to_path_buf),
-        })
+        let catalog: Catalog =
+            serde_json::from_slice(&bytes).map_err(|e| format!("catalog {}: {e}", path.display()))?;
+        Ok(CatalogSource { name: path.display().to_string(), catalog, base_dir: path.parent().map(Path::to_path_buf) })
     }
 
     /// The bundle bytes an entry points at (the digest is checked by the installer).
@@ -87,23 +82,16 @@ impl CatalogSource {
                 .ok_or_else(|| format!("no embedded bundle named {name}"));
         }
         if entry.url.starts_with("http://") || entry.url.starts_with("https://") {
-            return Err(format!(
-                "remote catalogs are not supported yet ({})",
-                entry.url
-            ));
+            return Err(format!("remote catalogs are not supported yet ({})", entry.url));
         }
         let raw = entry.url.strip_prefix("file://").unwrap_or(&entry.url);
         let path = match (&self.base_dir, Path::new(raw).is_absolute()) {
             (Some(base), false) => base.join(raw),
             _ => PathBuf::from(raw),
         };
-        let meta =
-            std::fs::metadata(&path).map_err(|e| format!("bundle {}: {e}", path.display()))?;
+        let meta = std::fs::metadata(&path).map_err(|e| format!("bundle {}: {e}", path.display()))?;
         if meta.len() > MAX_BUNDLE_BYTES {
-            return Err(format!(
-                "bundle {} is over {MAX_BUNDLE_BYTES} bytes",
-                path.display()
-            ));
+            return Err(format!("bundle {} is over {MAX_BUNDLE_BYTES} bytes", path.display()));
         }
         std::fs::read(&path).map_err(|e| format!("bundle {}: {e}", path.display()))
     }

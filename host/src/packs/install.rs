@@ -8,9 +8,7 @@
 use super::archive::{UnpackLimits, read_bundle};
 use super::catalog::{CatalogEntry, CatalogSource};
 use super::manifest::Manifest;
-use super::registry::{
-    ComponentRecord, InstalledPack, PACK_PREFIX, PackRecord, PackRegistry, PackSource,
-};
+use super::registry::{ComponentRecord, InstalledPack, PACK_PREFIX, PackRecord, PackRegistry, PackSource};
 use crate::json_merge::merge_patch;
 use crate::policy::{BUNDLE_PREFIX, PolicyService, StoredBundle};
 use crate::runtime::sandbox::SandboxLimits;
@@ -55,10 +53,7 @@ impl PackInstaller {
 
     fn limits_for(&self, record: &PackRecord) -> SandboxLimits {
         match &record.component {
-            Some(c) => SandboxLimits {
-                memory_bytes: c.max_memory_bytes,
-                timeout: Duration::from_millis(c.timeout_ms),
-            },
+            Some(c) => SandboxLimits { memory_bytes: c.max_memory_bytes, timeout: Duration::from_millis(c.timeout_ms) },
             None => self.default_limits,
         }
     }
@@ -66,22 +61,12 @@ impl PackInstaller {
     /// Load what earlier runs installed: schemas, components, topics.
     pub async fn load_installed(&self) -> Result<usize, InstallError> {
         let step = fail("load");
-        for (_, entry) in self
-            .store
-            .scan(SCHEMA_PREFIX, None, 100_000)
-            .await
-            .map_err(|e| step(e.to_string()))?
-        {
+        for (_, entry) in self.store.scan(SCHEMA_PREFIX, None, 100_000).await.map_err(|e| step(e.to_string()))? {
             let doc: SchemaDoc = entry.json().map_err(|e| step(e.to_string()))?;
             self.schemas.register(doc);
         }
         let mut count = 0;
-        for (_, entry) in self
-            .store
-            .scan(PACK_PREFIX, None, 100_000)
-            .await
-            .map_err(|e| step(e.to_string()))?
-        {
+        for (_, entry) in self.store.scan(PACK_PREFIX, None, 100_000).await.map_err(|e| step(e.to_string()))? {
             let record: PackRecord = entry.json().map_err(|e| step(e.to_string()))?;
             if record.status != "ACTIVE" {
                 continue;
@@ -90,20 +75,12 @@ impl PackInstaller {
                 Some(c) => {
                     let bytes = std::fs::read(self.data_dir.join(&c.file))
                         .map_err(|e| step(format!("component of {}: {e}", record.id)))?;
-                    Some(
-                        self.runtime
-                            .load(&bytes, World::Pack)
-                            .map_err(|e| step(e.to_string()))?,
-                    )
+                    Some(self.runtime.load(&bytes, World::Pack).map_err(|e| step(e.to_string()))?)
                 }
                 None => None,
             };
             let limits = self.limits_for(&record);
-            self.registry.insert(InstalledPack {
-                record,
-                component,
-                limits,
-            });
+            self.registry.insert(InstalledPack { record, component, limits });
             count += 1;
         }
         Ok(count)
@@ -116,13 +93,8 @@ impl PackInstaller {
         installed_by: &str,
     ) -> Result<PackRecord, InstallError> {
         let bytes = source.fetch_bundle(entry).map_err(fail("fetch"))?;
-        let origin = PackSource {
-            catalog: source.name.clone(),
-            url: entry.url.clone(),
-            sha256: entry.sha256.clone(),
-        };
-        self.install_bundle(&bytes, &entry.sha256, origin, installed_by)
-            .await
+        let origin = PackSource { catalog: source.name.clone(), url: entry.url.clone(), sha256: entry.sha256.clone() };
+        self.install_bundle(&bytes, &entry.sha256, origin, installed_by).await
     }
 
     pub async fn install_bundle(
@@ -155,15 +127,11 @@ impl PackInstaller {
         let id = manifest.metadata.id.clone();
 
         // Ownership: a pack id installs once; topics belong to one pack.
-        let existing = self
-            .store
-            .get(&format!("{PACK_PREFIX}{id}"))
-            .await
-            .map_err(|e| fail("ownership")(e.to_string()))?;
+        let existing =
+            self.store.get(&format!("{PACK_PREFIX}{id}")).await.map_err(|e| fail("ownership")(e.to_string()))?;
         let expected_revision = match &existing {
             Some(entry) => {
-                let record: PackRecord =
-                    entry.json().map_err(|e| fail("ownership")(e.to_string()))?;
+                let record: PackRecord = entry.json().map_err(|e| fail("ownership")(e.to_string()))?;
                 if record.status == "ACTIVE" {
                     return Err(fail("ownership")(format!(
                         "pack {id} is already installed (version {})",
@@ -176,10 +144,7 @@ impl PackInstaller {
         };
         for topic in &manifest.topics {
             if let Some(owner) = self.registry.topic(&topic.name).filter(|t| t.pack_id != id) {
-                return Err(fail("ownership")(format!(
-                    "topic {} is owned by pack {}",
-                    topic.name, owner.pack_id
-                )));
+                return Err(fail("ownership")(format!("topic {} is owned by pack {}", topic.name, owner.pack_id)));
             }
         }
 
@@ -188,17 +153,12 @@ impl PackInstaller {
         let mut schema_digests = BTreeMap::new();
         for res in &manifest.resources.schemas {
             let raw = read(&res.path, "schemas")?;
-            let value: serde_json::Value = serde_yaml::from_slice(raw)
-                .map_err(|e| fail("schemas")(format!("schema {}: {e}", res.id)))?;
+            let value: serde_json::Value =
+                serde_yaml::from_slice(raw).map_err(|e| fail("schemas")(format!("schema {}: {e}", res.id)))?;
             if !value.is_object() {
-                return Err(fail("schemas")(format!(
-                    "schema {} is not an object",
-                    res.id
-                )));
+                return Err(fail("schemas")(format!("schema {} is not an object", res.id)));
             }
-            self.schemas
-                .check_schema(&value)
-                .map_err(|e| fail("schemas")(format!("schema {}: {e}", res.id)))?;
+            self.schemas.check_schema(&value).map_err(|e| fail("schemas")(format!("schema {}: {e}", res.id)))?;
             let doc = SchemaDoc::new(&res.id, value, Some(id.clone()));
             schema_digests.insert(doc.id.clone(), doc.sha256.clone());
             schema_docs.push(doc);
@@ -209,18 +169,12 @@ impl PackInstaller {
         let mut workflow_digests = BTreeMap::new();
         for res in &manifest.resources.workflows {
             let raw = read(&res.path, "workflows")?;
-            let value: serde_json::Value = serde_yaml::from_slice(raw)
-                .map_err(|e| fail("workflows")(format!("workflow {}: {e}", res.id)))?;
+            let value: serde_json::Value =
+                serde_yaml::from_slice(raw).map_err(|e| fail("workflows")(format!("workflow {}: {e}", res.id)))?;
             if !value.is_object() {
-                return Err(fail("workflows")(format!(
-                    "workflow {} is not an object",
-                    res.id
-                )));
+                return Err(fail("workflows")(format!("workflow {} is not an object", res.id)));
             }
-            workflow_digests.insert(
-                res.id.clone(),
-                hex::encode(Sha256::digest(value.to_string().as_bytes())),
-            );
+            workflow_digests.insert(res.id.clone(), hex::encode(Sha256::digest(value.to_string().as_bytes())));
             workflows.push((res.id.clone(), value));
         }
 
@@ -230,32 +184,15 @@ impl PackInstaller {
             let raw = read(&overlay.path, "policy")?;
             let content = String::from_utf8(raw.clone())
                 .map_err(|_| fail("policy")(format!("fragment {} is not UTF-8", overlay.path)))?;
-            fragments.push((
-                format!(
-                    "{id}/{}",
-                    if overlay.name.is_empty() {
-                        "default"
-                    } else {
-                        &overlay.name
-                    }
-                ),
-                content,
-            ));
+            fragments
+                .push((format!("{id}/{}", if overlay.name.is_empty() { "default" } else { &overlay.name }), content));
         }
         if !fragments.is_empty() {
-            let diags = self
-                .policy
-                .check_with(&fragments)
-                .map_err(|e| fail("policy")(e.to_string()))?;
+            let diags = self.policy.check_with(&fragments).map_err(|e| fail("policy")(e.to_string()))?;
             if !diags.is_empty() {
                 let text = diags
                     .iter()
-                    .map(|d| {
-                        format!(
-                            "{} line {} column {}: {}",
-                            d.bundle_id, d.line, d.column, d.message
-                        )
-                    })
+                    .map(|d| format!("{} line {} column {}: {}", d.bundle_id, d.line, d.column, d.message))
                     .collect::<Vec<_>>()
                     .join("; ");
                 return Err(fail("policy")(text));
@@ -267,10 +204,7 @@ impl PackInstaller {
         let mut component_record = None;
         if let Some(spec) = &manifest.component {
             let wasm = read(&spec.path, "component")?;
-            let loaded = self
-                .runtime
-                .load(wasm, World::Pack)
-                .map_err(|e| fail("component")(e.to_string()))?;
+            let loaded = self.runtime.load(wasm, World::Pack).map_err(|e| fail("component")(e.to_string()))?;
             let (rel, path) = self.component_path(&loaded.digest);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| fail("component")(e.to_string()))?;
@@ -279,22 +213,14 @@ impl PackInstaller {
             std::fs::write(&tmp, wasm)
                 .and_then(|_| std::fs::rename(&tmp, &path))
                 .map_err(|e| fail("component")(e.to_string()))?;
-            let memory = spec
-                .limits
-                .max_memory_bytes
-                .unwrap_or(self.default_limits.memory_bytes);
-            let timeout = spec
-                .limits
-                .timeout_ms
-                .unwrap_or(self.default_limits.timeout.as_millis() as u64);
+            let memory = spec.limits.max_memory_bytes.unwrap_or(self.default_limits.memory_bytes);
+            let timeout = spec.limits.timeout_ms.unwrap_or(self.default_limits.timeout.as_millis() as u64);
             component_record = Some(ComponentRecord {
                 digest: loaded.digest.clone(),
                 world: spec.world.clone(),
                 file: rel,
                 max_memory_bytes: memory.min(self.runtime.limits.max_memory_bytes),
-                timeout_ms: timeout
-                    .min(self.default_limits.timeout.as_millis() as u64)
-                    .max(1),
+                timeout_ms: timeout.min(self.default_limits.timeout.as_millis() as u64).max(1),
             });
             component = Some(loaded);
         }
@@ -302,31 +228,17 @@ impl PackInstaller {
         // Config overlays merged into the system config document.
         let mut ops = Vec::new();
         if !manifest.overlays.config.is_empty() {
-            let current = self
-                .store
-                .get(SYSTEM_CONFIG_KEY)
-                .await
-                .map_err(|e| fail("config")(e.to_string()))?;
+            let current = self.store.get(SYSTEM_CONFIG_KEY).await.map_err(|e| fail("config")(e.to_string()))?;
             let (mut doc, revision) = match &current {
-                Some(e) => (
-                    e.json::<serde_json::Value>()
-                        .map_err(|e| fail("config")(e.to_string()))?,
-                    e.revision,
-                ),
-                None => (
-                    serde_json::json!({"scope": "system", "scope_id": "default", "data": {}}),
-                    0,
-                ),
+                Some(e) => (e.json::<serde_json::Value>().map_err(|e| fail("config")(e.to_string()))?, e.revision),
+                None => (serde_json::json!({"scope": "system", "scope_id": "default", "data": {}}), 0),
             };
             for overlay in &manifest.overlays.config {
                 let raw = read(&overlay.path, "config")?;
                 let patch: serde_json::Value = serde_yaml::from_slice(raw)
                     .map_err(|e| fail("config")(format!("overlay {}: {e}", overlay.name)))?;
                 if !patch.is_object() {
-                    return Err(fail("config")(format!(
-                        "overlay {} is not an object",
-                        overlay.name
-                    )));
+                    return Err(fail("config")(format!("overlay {} is not an object", overlay.name)));
                 }
                 merge_patch(&mut doc["data"][&overlay.key], &patch);
             }
@@ -376,17 +288,11 @@ impl PackInstaller {
             };
             ops.push(Op::put_json(format!("{BUNDLE_PREFIX}{bundle_id}"), &bundle));
         }
-        match self
-            .store
-            .apply(ops)
-            .await
-            .map_err(|e| fail("store")(e.to_string()))?
-        {
+        match self.store.apply(ops).await.map_err(|e| fail("store")(e.to_string()))? {
             BatchOutcome::Applied(_) => {}
             BatchOutcome::Conflict { .. } => {
                 return Err(fail("store")(
-                    "a concurrent change touched this pack or the config; nothing was written"
-                        .into(),
+                    "a concurrent change touched this pack or the config; nothing was written".into(),
                 ));
             }
         }
@@ -395,16 +301,9 @@ impl PackInstaller {
         for doc in schema_docs {
             self.schemas.register(doc);
         }
-        self.policy
-            .reload()
-            .await
-            .map_err(|e| fail("activate")(e.to_string()))?;
+        self.policy.reload().await.map_err(|e| fail("activate")(e.to_string()))?;
         let limits = self.limits_for(&record);
-        self.registry.insert(InstalledPack {
-            record: record.clone(),
-            component,
-            limits,
-        });
+        self.registry.insert(InstalledPack { record: record.clone(), component, limits });
         tracing::info!(pack = %id, version = %record.version, "pack installed");
         Ok(record)
     }

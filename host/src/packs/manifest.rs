@@ -140,10 +140,7 @@ pub struct ComponentLimits {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    !id.is_empty() && id.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 /// Topic names as upstream accepts them: `job.` then dot-separated segments.
@@ -160,8 +157,7 @@ pub fn valid_topic(topic: &str) -> bool {
             !b.is_empty()
                 && b[0].is_ascii_alphanumeric()
                 && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
         })
 }
 
@@ -194,25 +190,14 @@ impl Manifest {
             return Err("compatibility.protocolVersion must be 1".into());
         }
         let topic_prefix = format!("job.{id}.");
-        let schema_ids: Vec<&str> = self
-            .resources
-            .schemas
-            .iter()
-            .map(|s| s.id.as_str())
-            .collect();
+        let schema_ids: Vec<&str> = self.resources.schemas.iter().map(|s| s.id.as_str()).collect();
         for topic in &self.topics {
             if !topic.name.starts_with(&topic_prefix) || !valid_topic(&topic.name) {
-                return Err(format!(
-                    "topic {:?} must be a valid topic under {topic_prefix}",
-                    topic.name
-                ));
+                return Err(format!("topic {:?} must be a valid topic under {topic_prefix}", topic.name));
             }
             for schema in topic.input_schema.iter().chain(topic.output_schema.iter()) {
                 if !schema_ids.contains(&schema.as_str()) {
-                    return Err(format!(
-                        "topic {:?} names undeclared schema {schema:?}",
-                        topic.name
-                    ));
+                    return Err(format!("topic {:?} names undeclared schema {schema:?}", topic.name));
                 }
             }
         }
@@ -228,10 +213,7 @@ impl Manifest {
         }
         for overlay in &self.overlays.config {
             if !overlay.strategy.is_empty() && overlay.strategy != "json_merge_patch" {
-                return Err(format!(
-                    "config overlay {:?}: unsupported strategy {:?}",
-                    overlay.name, overlay.strategy
-                ));
+                return Err(format!("config overlay {:?}: unsupported strategy {:?}", overlay.name, overlay.strategy));
             }
             if !matches!(overlay.key.as_str(), "pools" | "timeouts") {
                 return Err(format!(
@@ -242,20 +224,14 @@ impl Manifest {
         }
         for overlay in &self.overlays.policy {
             if !overlay.strategy.is_empty() && overlay.strategy != "bundle_fragment" {
-                return Err(format!(
-                    "policy overlay {:?}: unsupported strategy {:?}",
-                    overlay.name, overlay.strategy
-                ));
+                return Err(format!("policy overlay {:?}: unsupported strategy {:?}", overlay.name, overlay.strategy));
             }
         }
         if let Some(c) = &self.component
             && c.world != PACK_WORLD
             && c.world != "cordum:pack/pack-worker"
         {
-            return Err(format!(
-                "component.world must be {PACK_WORLD}, not {:?}",
-                c.world
-            ));
+            return Err(format!("component.world must be {PACK_WORLD}, not {:?}", c.world));
         }
         Ok(())
     }
@@ -277,15 +253,14 @@ mod tests {
     fn rejects_foreign_topics_and_bad_world() {
         let base = "apiVersion: cordum.io/v1alpha1\nkind: Pack\nmetadata: {id: p, version: 0.1.0}\ncompatibility: {protocolVersion: 1}\n";
         assert!(Manifest::parse(format!("{base}topics: [{{name: job.p.x}}]").as_bytes()).is_ok());
-        assert!(
-            Manifest::parse(format!("{base}topics: [{{name: job.other.x}}]").as_bytes()).is_err()
-        );
+        assert!(Manifest::parse(format!("{base}topics: [{{name: job.other.x}}]").as_bytes()).is_err());
+        assert!(Manifest::parse(format!("{base}component: {{path: c.wasm, world: 'x:y/z'}}").as_bytes()).is_err());
         assert!(
             Manifest::parse(
-                format!("{base}component: {{path: c.wasm, world: 'x:y/z'}}").as_bytes()
+                format!("{base}component: {{path: c.wasm, world: 'cordum:pack/pack-worker@0.1.0', bogus: 1}}")
+                    .as_bytes()
             )
             .is_err()
         );
-        assert!(Manifest::parse(format!("{base}component: {{path: c.wasm, world: 'cordum:pack/pack-worker@0.1.0', bogus: 1}}").as_bytes()).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! its only filesystem, kv scoped to tenant + pack).
 
 use super::InstalledPack;
-use crate::runtime::sandbox::KvAccess;
+use crate::runtime::sandbox::{CancelFlag, KvAccess, SandboxLimits};
 use crate::runtime::{PluginContext, PluginError, Prepared, Runtime};
 use crate::store::Store;
 use cordum_bindings::pack::exports::cordum::pack::worker as wit;
@@ -19,6 +19,10 @@ pub struct WorkItem {
     pub input: String,
     pub labels: Vec<(String, String)>,
     pub attempt: u32,
+    /// Wall-clock budget of this run (pack limit, config and constraints applied).
+    pub timeout: std::time::Duration,
+    /// Memory cap of this run's instance (the pool's, else the pack's).
+    pub memory_bytes: usize,
 }
 
 /// The worker's answer.
@@ -40,11 +44,7 @@ pub struct PackRunner {
 
 impl PackRunner {
     pub fn new(runtime: Arc<Runtime>, store: Arc<dyn Store>, sandboxes: PathBuf) -> Self {
-        Self {
-            runtime,
-            store,
-            sandboxes,
-        }
+        Self { runtime, store, sandboxes }
     }
 
     /// The tenant's directory for a pack, created on first use beneath the
@@ -53,23 +53,15 @@ impl PackRunner {
     /// no id can point it elsewhere.
     fn sandbox_dir(&self, tenant: &str, pack: &str) -> Result<PathBuf, PluginError> {
         let plain = |s: &str| {
-            !s.is_empty()
-                && !s.starts_with('.')
-                && s.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+            !s.is_empty() && !s.starts_with('.') && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
         };
         if !plain(tenant) || !plain(pack) {
-            return Err(PluginError::Sandbox(
-                "tenant or pack id is not a plain name".into(),
-            ));
+            return Err(PluginError::Sandbox("tenant or pack id is not a plain name".into()));
         }
-        std::fs::create_dir_all(&self.sandboxes)
+        std::fs::create_dir_all(&self.sandboxes).map_err(|e| PluginError::Sandbox(e.to_string()))?;
+        let root = cap_std::fs::Dir::open_ambient_dir(&self.sandboxes, cap_std::ambient_authority())
             .map_err(|e| PluginError::Sandbox(e.to_string()))?;
-        let root =
-            cap_std::fs::Dir::open_ambient_dir(&self.sandboxes, cap_std::ambient_authority())
-                .map_err(|e| PluginError::Sandbox(e.to_string()))?;
-        root.create_dir_all(format!("{tenant}/{pack}"))
-            .map_err(|e| PluginError::Sandbox(e.to_string()))?;
+        root.create_dir_all(format!("{tenant}/{pack}")).map_err(|e| PluginError::Sandbox(e.to_string()))?;
         Ok(self.sandboxes.join(tenant).join(pack))
     }
 
@@ -81,6 +73,7 @@ impl PackRunner {
         pack: &InstalledPack,
         item: &WorkItem,
         config: Arc<serde_json::Value>,
+        cancel: Arc<CancelFlag>,
         rt: tokio::runtime::Handle,
     ) -> WorkOutcome {
         let Some(component) = &pack.component else {
@@ -103,11 +96,12 @@ impl PackRunner {
             }),
             config,
         };
-        let limits = pack.limits;
+        let limits = SandboxLimits { memory_bytes: item.memory_bytes, timeout: item.timeout.min(pack.limits.timeout) };
         let mut store = match self.runtime.new_store(ctx, limits, Some(&dir)) {
             Ok(s) => s,
             Err(e) => return WorkOutcome::Aborted(e),
         };
+        self.runtime.watch(&mut store, limits, cancel);
         let bindings = match pre.instantiate(&mut store) {
             Ok(b) => b,
             Err(e) => return WorkOutcome::Aborted(self.runtime.classify(&store, limits, e)),
@@ -117,14 +111,7 @@ impl PackRunner {
             topic: item.topic.clone(),
             tenant: item.tenant.clone(),
             input: item.input.clone(),
-            labels: item
-                .labels
-                .iter()
-                .map(|(k, v)| wit::Label {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            labels: item.labels.iter().map(|(k, v)| wit::Label { key: k.clone(), value: v.clone() }).collect(),
             attempt: item.attempt,
         };
         match bindings.cordum_pack_worker().call_handle(&mut store, &job) {

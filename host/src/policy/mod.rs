@@ -9,6 +9,7 @@
 //! snapshot they evaluate; an instance that traps is discarded.
 
 pub mod model;
+pub mod output;
 
 use crate::runtime::sandbox::SandboxLimits;
 use crate::runtime::warm::WarmPool;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 pub use model::{DecisionKind, PolicyDecision, PolicyRequest, Remediation, TraceEntry};
+pub use output::{OutputCheck, OutputDecisionKind, OutputFinding, OutputVerdict};
 
 /// Store key prefix of policy bundles.
 pub const BUNDLE_PREFIX: &str = "policy:bundle:";
@@ -69,12 +71,7 @@ pub struct Diagnostic {
 
 fn format_diagnostics(d: &[Diagnostic]) -> String {
     d.iter()
-        .map(|d| {
-            format!(
-                "{} line {} column {}: {}",
-                d.bundle_id, d.line, d.column, d.message
-            )
-        })
+        .map(|d| format!("{} line {} column {}: {}", d.bundle_id, d.line, d.column, d.message))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -106,10 +103,7 @@ fn snapshot_id(base: Option<&(String, String)>, bundles: &[(String, String)]) ->
     if let Some((_, content)) = base {
         let version = serde_yaml::from_str::<serde_yaml::Value>(content)
             .ok()
-            .and_then(|v| {
-                v.get("version")
-                    .and_then(|v| v.as_str().map(str::to_string))
-            })
+            .and_then(|v| v.get("version").and_then(|v| v.as_str().map(str::to_string)))
             .filter(|v| !v.is_empty());
         let sha = sha_hex(content.as_bytes());
         parts.push(match version {
@@ -126,11 +120,7 @@ fn snapshot_id(base: Option<&(String, String)>, bundles: &[(String, String)]) ->
         }
         parts.push(format!("cfg:{}", hex::encode(h.finalize())));
     }
-    if parts.is_empty() {
-        "empty".to_string()
-    } else {
-        parts.join("|")
-    }
+    if parts.is_empty() { "empty".to_string() } else { parts.join("|") }
 }
 
 impl PolicyService {
@@ -141,19 +131,8 @@ impl PolicyService {
         base: Option<(String, String)>,
     ) -> Self {
         let limits = runtime.limits.plugin;
-        let empty = Arc::new(PolicySnapshot {
-            id: snapshot_id(base.as_ref(), &[]),
-            bundles: Vec::new(),
-        });
-        Self {
-            runtime,
-            component,
-            store,
-            base,
-            active: RwLock::new(empty),
-            warm: WarmPool::new(8),
-            limits,
-        }
+        let empty = Arc::new(PolicySnapshot { id: snapshot_id(base.as_ref(), &[]), bundles: Vec::new() });
+        Self { runtime, component, store, base, active: RwLock::new(empty), warm: WarmPool::new(8), limits }
     }
 
     pub fn active(&self) -> Arc<PolicySnapshot> {
@@ -166,10 +145,7 @@ impl PolicyService {
         let mut bundles = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self
-                .store
-                .scan(BUNDLE_PREFIX, after.as_deref(), 256)
-                .await?;
+            let page = self.store.scan(BUNDLE_PREFIX, after.as_deref(), 256).await?;
             if page.is_empty() {
                 break;
             }
@@ -193,32 +169,18 @@ impl PolicyService {
     }
 
     fn snapshot_from(&self, bundles: Vec<(String, String)>) -> PolicySnapshot {
-        PolicySnapshot {
-            id: snapshot_id(self.base.as_ref(), &bundles),
-            bundles,
-        }
+        PolicySnapshot { id: snapshot_id(self.base.as_ref(), &bundles), bundles }
     }
 
     /// Validate bundles (in merge order) with the policy component.
     pub fn check(&self, bundles: &[(String, String)]) -> Result<Vec<Diagnostic>, PolicyError> {
-        let wit_bundles: Vec<wit::Bundle> = bundles
-            .iter()
-            .map(|(id, content)| wit::Bundle {
-                id: id.clone(),
-                content: content.clone(),
-            })
-            .collect();
+        let wit_bundles: Vec<wit::Bundle> =
+            bundles.iter().map(|(id, content)| wit::Bundle { id: id.clone(), content: content.clone() }).collect();
         let mut instance = self.instantiate("system")?;
-        let out = instance
-            .bindings
-            .cordum_policy_evaluator()
-            .call_check(&mut instance.store, &wit_bundles);
+        let out = instance.bindings.cordum_policy_evaluator().call_check(&mut instance.store, &wit_bundles);
         match out {
             Ok(diags) => Ok(diags.into_iter().map(Diagnostic::from).collect()),
-            Err(e) => Err(self
-                .runtime
-                .classify(&instance.store, self.limits, e)
-                .into()),
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
     }
 
@@ -230,11 +192,7 @@ impl PolicyService {
             bundles.push((id.clone(), content.clone()));
         }
         bundles.sort_by(|a, b| a.0.cmp(&b.0));
-        self.check(
-            &self
-                .snapshot_from(bundles)
-                .bundles_with_base(self.base.as_ref()),
-        )
+        self.check(&self.snapshot_from(bundles).bundles_with_base(self.base.as_ref()))
     }
 
     fn instantiate(&self, tenant: &str) -> Result<WarmPolicy, PluginError> {
@@ -248,14 +206,8 @@ impl PolicyService {
             config: Arc::new(serde_json::json!({})),
         };
         let mut store = self.runtime.new_store(ctx, self.limits, None)?;
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| self.runtime.classify(&store, self.limits, e))?;
-        Ok(WarmPolicy {
-            store,
-            bindings,
-            loaded: String::new(),
-        })
+        let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
+        Ok(WarmPolicy { store, bindings, loaded: String::new() })
     }
 
     /// Run `f` on a warm instance of `tenant` loaded with the active snapshot.
@@ -276,18 +228,11 @@ impl PolicyService {
                 .into_iter()
                 .map(|(id, content)| wit::Bundle { id, content })
                 .collect();
-            match instance
-                .bindings
-                .cordum_policy_evaluator()
-                .call_load(&mut instance.store, &bundles)
-            {
+            match instance.bindings.cordum_policy_evaluator().call_load(&mut instance.store, &bundles) {
                 Ok(Ok(_)) => instance.loaded = snapshot.id.clone(),
                 Ok(Err(e)) => return Err(e.into()),
                 Err(e) => {
-                    return Err(self
-                        .runtime
-                        .classify(&instance.store, self.limits, e)
-                        .into());
+                    return Err(self.runtime.classify(&instance.store, self.limits, e).into());
                 }
             }
         }
@@ -301,25 +246,15 @@ impl PolicyService {
                 Err(e.into())
             }
             // A trap poisons the instance: drop it, the next call builds a new one.
-            Err(e) => Err(self
-                .runtime
-                .classify(&instance.store, self.limits, e)
-                .into()),
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
     }
 
     /// Decide a request for `tenant` under the active snapshot.
-    pub fn evaluate(
-        &self,
-        tenant: &str,
-        request: &PolicyRequest,
-    ) -> Result<PolicyDecision, PolicyError> {
+    pub fn evaluate(&self, tenant: &str, request: &PolicyRequest) -> Result<PolicyDecision, PolicyError> {
         let req = request.to_wit();
-        let (decision, snapshot) = self.with_instance(tenant, |i| {
-            i.bindings
-                .cordum_policy_evaluator()
-                .call_evaluate(&mut i.store, &req)
-        })?;
+        let (decision, snapshot) =
+            self.with_instance(tenant, |i| i.bindings.cordum_policy_evaluator().call_evaluate(&mut i.store, &req))?;
         Ok(PolicyDecision::from_wit(decision, &snapshot.id))
     }
 
@@ -330,42 +265,23 @@ impl PolicyService {
         request: &PolicyRequest,
     ) -> Result<(PolicyDecision, Vec<TraceEntry>, bool), PolicyError> {
         let req = request.to_wit();
-        let (explanation, snapshot) = self.with_instance(tenant, |i| {
-            i.bindings
-                .cordum_policy_evaluator()
-                .call_explain(&mut i.store, &req)
-        })?;
-        let trace = explanation
-            .trace
-            .into_iter()
-            .map(TraceEntry::from)
-            .collect();
-        Ok((
-            PolicyDecision::from_wit(explanation.decision, &snapshot.id),
-            trace,
-            explanation.defaulted,
-        ))
+        let (explanation, snapshot) =
+            self.with_instance(tenant, |i| i.bindings.cordum_policy_evaluator().call_explain(&mut i.store, &req))?;
+        let trace = explanation.trace.into_iter().map(TraceEntry::from).collect();
+        Ok((PolicyDecision::from_wit(explanation.decision, &snapshot.id), trace, explanation.defaulted))
     }
 }
 
 impl PolicySnapshot {
     /// The bundles in merge order, the base policy first.
     pub fn bundles_with_base(&self, base: Option<&(String, String)>) -> Vec<(String, String)> {
-        base.cloned()
-            .into_iter()
-            .chain(self.bundles.iter().cloned())
-            .collect()
+        base.cloned().into_iter().chain(self.bundles.iter().cloned()).collect()
     }
 }
 
 impl From<wit::Diagnostic> for Diagnostic {
     fn from(d: wit::Diagnostic) -> Self {
-        Diagnostic {
-            bundle_id: d.bundle_id,
-            line: d.line,
-            column: d.column,
-            message: d.message,
-        }
+        Diagnostic { bundle_id: d.bundle_id, line: d.line, column: d.column, message: d.message }
     }
 }
 

@@ -68,14 +68,7 @@ impl PolicyRequest {
             risk_tags: self.risk_tags.clone(),
             requires: self.requires.clone(),
             pack_id: self.pack_id.clone(),
-            labels: self
-                .labels
-                .iter()
-                .map(|(k, v)| wit::Label {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            labels: self.labels.iter().map(|(k, v)| wit::Label { key: k.clone(), value: v.clone() }).collect(),
         }
     }
 }

@@ -34,9 +34,7 @@ impl log::Host for HostState {
 
 fn check_key(key: &str) -> Result<(), kv::KvError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(kv::KvError::InvalidKey(format!(
-            "keys must be 1..={MAX_KEY_BYTES} bytes"
-        )));
+        return Err(kv::KvError::InvalidKey(format!("keys must be 1..={MAX_KEY_BYTES} bytes")));
     }
     Ok(())
 }
@@ -47,10 +45,7 @@ fn store_err(e: StoreError) -> kv::KvError {
 
 impl HostState {
     fn kv_access(&self) -> Result<&super::sandbox::KvAccess, kv::KvError> {
-        self.ctx
-            .kv
-            .as_ref()
-            .ok_or_else(|| kv::KvError::Unavailable("no key-value store for this plugin".into()))
+        self.ctx.kv.as_ref().ok_or_else(|| kv::KvError::Unavailable("no key-value store for this plugin".into()))
     }
 }
 
@@ -59,30 +54,18 @@ impl kv::Host for HostState {
         check_key(&key)?;
         let access = self.kv_access()?;
         let full = format!("{}{key}", access.prefix);
-        let entry = access
-            .runtime
-            .block_on(access.store.get(&full))
-            .map_err(store_err)?;
+        let entry = access.runtime.block_on(access.store.get(&full)).map_err(store_err)?;
         Ok(entry.map(|e| e.value))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
         check_key(&key)?;
         if value.len() > MAX_VALUE_BYTES {
-            return Err(kv::KvError::QuotaExceeded(format!(
-                "values are limited to {MAX_VALUE_BYTES} bytes"
-            )));
+            return Err(kv::KvError::QuotaExceeded(format!("values are limited to {MAX_VALUE_BYTES} bytes")));
         }
         let access = self.kv_access()?;
-        let op = Op::Put {
-            key: format!("{}{key}", access.prefix),
-            value,
-            ttl: None,
-        };
-        access
-            .runtime
-            .block_on(access.store.apply(vec![op]))
-            .map_err(store_err)?;
+        let op = Op::Put { key: format!("{}{key}", access.prefix), value, ttl: None };
+        access.runtime.block_on(access.store.apply(vec![op])).map_err(store_err)?;
         Ok(())
     }
 
@@ -90,15 +73,8 @@ impl kv::Host for HostState {
         check_key(&key)?;
         let access = self.kv_access()?;
         let full = format!("{}{key}", access.prefix);
-        let existed = access
-            .runtime
-            .block_on(access.store.get(&full))
-            .map_err(store_err)?
-            .is_some();
-        access
-            .runtime
-            .block_on(access.store.apply(vec![Op::Delete { key: full }]))
-            .map_err(store_err)?;
+        let existed = access.runtime.block_on(access.store.get(&full)).map_err(store_err)?.is_some();
+        access.runtime.block_on(access.store.apply(vec![Op::Delete { key: full }])).map_err(store_err)?;
         Ok(existed)
     }
 
@@ -106,14 +82,8 @@ impl kv::Host for HostState {
         let access = self.kv_access()?;
         let full = format!("{}{prefix}", access.prefix);
         let limit = (limit as usize).clamp(1, 1000);
-        let items = access
-            .runtime
-            .block_on(access.store.scan(&full, None, limit))
-            .map_err(store_err)?;
-        Ok(items
-            .into_iter()
-            .map(|(k, _)| k[access.prefix.len()..].to_string())
-            .collect())
+        let items = access.runtime.block_on(access.store.scan(&full, None, limit)).map_err(store_err)?;
+        Ok(items.into_iter().map(|(k, _)| k[access.prefix.len()..].to_string()).collect())
     }
 }
 

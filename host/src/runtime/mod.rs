@@ -124,11 +124,8 @@ impl Runtime {
         .map_err(engine_error)?;
         let mut pack_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut pack_linker).map_err(engine_error)?;
-        cordum_bindings::pack::PackWorker::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut pack_linker,
-            |s| s,
-        )
-        .map_err(engine_error)?;
+        cordum_bindings::pack::PackWorker::add_to_linker::<HostState, HasSelf<HostState>>(&mut pack_linker, |s| s)
+            .map_err(engine_error)?;
 
         let ticker = engine.clone();
         let tick = limits.epoch_tick;
@@ -167,30 +164,18 @@ impl Runtime {
     pub fn load(&self, wasm: &[u8], world: World) -> Result<LoadedComponent, RuntimeError> {
         let digest = hex::encode(Sha256::digest(wasm));
         let component = self.compile_cached(wasm, &digest)?;
-        let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
-            world: world.wit_name(),
-            detail: format!("{e:#}"),
-        };
+        let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld { world: world.wit_name(), detail: format!("{e:#}") };
         let prepared = match world {
             World::Policy => {
-                let pre = self
-                    .policy_linker
-                    .instantiate_pre(&component)
-                    .map_err(wrong)?;
+                let pre = self.policy_linker.instantiate_pre(&component).map_err(wrong)?;
                 Prepared::Policy(PolicyPluginPre::new(pre).map_err(wrong)?)
             }
             World::Schema => {
-                let pre = self
-                    .schema_linker
-                    .instantiate_pre(&component)
-                    .map_err(wrong)?;
+                let pre = self.schema_linker.instantiate_pre(&component).map_err(wrong)?;
                 Prepared::Schema(SchemaPluginPre::new(pre).map_err(wrong)?)
             }
             World::Pack => {
-                let pre = self
-                    .pack_linker
-                    .instantiate_pre(&component)
-                    .map_err(wrong)?;
+                let pre = self.pack_linker.instantiate_pre(&component).map_err(wrong)?;
                 Prepared::Pack(PackWorkerPre::new(pre).map_err(wrong)?)
             }
         };
@@ -199,17 +184,11 @@ impl Runtime {
 
     fn compile_cached(&self, wasm: &[u8], digest: &str) -> Result<Component, RuntimeError> {
         if !wasm.starts_with(b"\0asm") {
-            return Err(RuntimeError::InvalidComponent(
-                "missing the wasm magic header".into(),
-            ));
+            return Err(RuntimeError::InvalidComponent("missing the wasm magic header".into()));
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        let path = self
-            .cache_dir
-            .join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let path = self.cache_dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
         if path.exists() {
             // SAFETY: the cache directory holds only artifacts this process
             // produced with `precompile_component` from bytes whose digest is in
@@ -221,15 +200,12 @@ impl Runtime {
                 }
             }
         }
-        let artifact = self
-            .engine
-            .precompile_component(wasm)
-            .map_err(|e| RuntimeError::InvalidComponent(format!("{e:#}")))?;
+        let artifact =
+            self.engine.precompile_component(wasm).map_err(|e| RuntimeError::InvalidComponent(format!("{e:#}")))?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, &artifact).map_err(|e| RuntimeError::Cache(e.to_string()))?;
         std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::Cache(e.to_string()))?;
         // SAFETY: written just above from `precompile_component` output.
-        unsafe { Component::deserialize_file(&self.engine, &path) }
-            .map_err(|e| RuntimeError::Cache(format!("{e:#}")))
+        unsafe { Component::deserialize_file(&self.engine, &path) }.map_err(|e| RuntimeError::Cache(format!("{e:#}")))
     }
 }

@@ -11,9 +11,10 @@ use super::Runtime;
 use crate::store::Store as StateStore;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Who a store runs for, and what it may reach through host imports.
@@ -45,28 +46,15 @@ pub struct MemoryGuard {
 }
 
 impl ResourceLimiter for MemoryGuard {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.refused = true;
-            wasmtime::bail!(
-                "memory limit of {} bytes exceeded (wanted {desired})",
-                self.max_bytes
-            );
+            wasmtime::bail!("memory limit of {} bytes exceeded (wanted {desired})", self.max_bytes);
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 
@@ -81,20 +69,39 @@ impl ResourceLimiter for MemoryGuard {
     }
 }
 
+/// Why the host stopped a running call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Timeout,
+    Cancelled,
+}
+
+/// Lets another thread stop a running call (checked every epoch tick).
+#[derive(Debug, Default)]
+pub struct CancelFlag(AtomicBool);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// State of one store.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub guard: MemoryGuard,
     pub ctx: PluginContext,
+    /// Set by the epoch callback when it stops the call.
+    pub stopped: Option<StopReason>,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -112,6 +119,8 @@ pub enum PluginError {
     Instantiate(String),
     #[error("plugin sandbox unavailable: {0}")]
     Sandbox(String),
+    #[error("job cancelled; the plugin was interrupted")]
+    Cancelled,
 }
 
 impl PluginError {
@@ -123,6 +132,7 @@ impl PluginError {
             PluginError::Trap(_) => "plugin_trap",
             PluginError::Instantiate(_) => "plugin_instantiate_failed",
             PluginError::Sandbox(_) => "plugin_sandbox_unavailable",
+            PluginError::Cancelled => "cancelled",
         }
     }
 }
@@ -145,18 +155,14 @@ impl Runtime {
         let mut wasi = WasiCtxBuilder::new();
         if let Some(dir) = preopen {
             wasi.preopened_dir(dir, "/data", FsPerms::ReadWrite)
-                .map_err(|e| {
-                    PluginError::Sandbox(format!("cannot open the plugin directory: {e}"))
-                })?;
+                .map_err(|e| PluginError::Sandbox(format!("cannot open the plugin directory: {e}")))?;
         }
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            guard: MemoryGuard {
-                max_bytes: limits.memory_bytes.min(self.limits.max_memory_bytes),
-                refused: false,
-            },
+            guard: MemoryGuard { max_bytes: limits.memory_bytes.min(self.limits.max_memory_bytes), refused: false },
             ctx,
+            stopped: None,
         };
         let mut store = Store::new(self.engine(), state);
         store.limiter(|s| &mut s.guard);
@@ -165,12 +171,12 @@ impl Runtime {
     }
 
     /// Turn a wasmtime error from a call on `store` into a [`PluginError`].
-    pub fn classify(
-        &self,
-        store: &Store<HostState>,
-        limits: SandboxLimits,
-        err: wasmtime::Error,
-    ) -> PluginError {
+    pub fn classify(&self, store: &Store<HostState>, limits: SandboxLimits, err: wasmtime::Error) -> PluginError {
+        match store.data().stopped {
+            Some(StopReason::Cancelled) => return PluginError::Cancelled,
+            Some(StopReason::Timeout) => return PluginError::Timeout(limits.timeout.as_millis() as u64),
+            None => {}
+        }
         if store.data().guard.refused {
             return PluginError::MemoryExceeded(store.data().guard.max_bytes);
         }
@@ -179,6 +185,24 @@ impl Runtime {
             Some(trap) => PluginError::Trap(trap.to_string()),
             None => PluginError::Trap(format!("{}", err.root_cause())),
         }
+    }
+
+    /// Check `cancel` and the wall-clock deadline on every epoch tick, so a
+    /// job can be stopped from outside within one tick.
+    pub fn watch(&self, store: &mut Store<HostState>, limits: SandboxLimits, cancel: Arc<CancelFlag>) {
+        let deadline = Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if cancel.is_cancelled() {
+                ctx.data_mut().stopped = Some(StopReason::Cancelled);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if Instant::now() >= deadline {
+                ctx.data_mut().stopped = Some(StopReason::Timeout);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
     }
 
     /// Re-arm a reused store's deadline before a call.

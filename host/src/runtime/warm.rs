@@ -15,10 +15,7 @@ pub struct WarmPool<T> {
 
 impl<T> WarmPool<T> {
     pub fn new(max_idle_per_key: usize) -> Self {
-        Self {
-            idle: Mutex::new(HashMap::new()),
-            max_idle_per_key,
-        }
+        Self { idle: Mutex::new(HashMap::new()), max_idle_per_key }
     }
 
     /// An idle instance for `key`, if any.

@@ -32,12 +32,7 @@ pub struct SchemaDoc {
 impl SchemaDoc {
     pub fn new(id: &str, schema: serde_json::Value, pack_id: Option<String>) -> Self {
         let text = schema.to_string();
-        SchemaDoc {
-            id: id.to_string(),
-            sha256: hex::encode(Sha256::digest(text.as_bytes())),
-            schema,
-            pack_id,
-        }
+        SchemaDoc { id: id.to_string(), sha256: hex::encode(Sha256::digest(text.as_bytes())), schema, pack_id }
     }
 }
 
@@ -78,21 +73,13 @@ pub struct SchemaService {
 impl SchemaService {
     pub fn new(runtime: Arc<Runtime>, component: LoadedComponent) -> Self {
         let limits = runtime.limits.plugin;
-        Self {
-            runtime,
-            component,
-            warm: WarmPool::new(8),
-            schemas: RwLock::new(HashMap::new()),
-            limits,
-        }
+        Self { runtime, component, warm: WarmPool::new(8), schemas: RwLock::new(HashMap::new()), limits }
     }
 
     /// Make a schema available for validation (after it was stored).
     pub fn register(&self, doc: SchemaDoc) {
         let text = doc.schema.to_string();
-        self.schemas
-            .write()
-            .insert(doc.id.clone(), Arc::new((doc, text)));
+        self.schemas.write().insert(doc.id.clone(), Arc::new((doc, text)));
     }
 
     pub fn get(&self, id: &str) -> Option<SchemaDoc> {
@@ -110,9 +97,7 @@ impl SchemaService {
             config: Arc::new(serde_json::json!({})),
         };
         let mut store = self.runtime.new_store(ctx, self.limits, None)?;
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| self.runtime.classify(&store, self.limits, e))?;
+        let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
         Ok(WarmSchema { store, bindings })
     }
 
@@ -134,44 +119,22 @@ impl SchemaService {
                     wit::SchemaError::InvalidDocument(m) => SchemaError::InvalidDocument(m),
                 })
             }
-            Err(e) => Err(self
-                .runtime
-                .classify(&instance.store, self.limits, e)
-                .into()),
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
     }
 
     /// Compile a schema in a sandbox; refuse it with the reason if broken.
     pub fn check_schema(&self, schema: &serde_json::Value) -> Result<(), SchemaError> {
         let text = schema.to_string();
-        self.call("system", |i| {
-            i.bindings
-                .cordum_schema_validator()
-                .call_check_schema(&mut i.store, &text)
-        })
+        self.call("system", |i| i.bindings.cordum_schema_validator().call_check_schema(&mut i.store, &text))
     }
 
     /// Validate `document` (JSON text) against registered schema `id`.
-    pub fn validate(
-        &self,
-        tenant: &str,
-        id: &str,
-        document: &str,
-    ) -> Result<Vec<Violation>, SchemaError> {
-        let doc = self
-            .schemas
-            .read()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| SchemaError::Unknown(id.to_string()))?;
+    pub fn validate(&self, tenant: &str, id: &str, document: &str) -> Result<Vec<Violation>, SchemaError> {
+        let doc = self.schemas.read().get(id).cloned().ok_or_else(|| SchemaError::Unknown(id.to_string()))?;
         let (meta, text) = (&doc.0, &doc.1);
         let violations = self.call(tenant, |i| {
-            i.bindings.cordum_schema_validator().call_validate(
-                &mut i.store,
-                &meta.sha256,
-                text,
-                document,
-            )
+            i.bindings.cordum_schema_validator().call_validate(&mut i.store, &meta.sha256, text, document)
         })?;
         Ok(violations
             .into_iter()

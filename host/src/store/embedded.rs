@@ -46,10 +46,7 @@ impl Drop for EmbeddedStore {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn encode(revision: u64, ttl: Option<Duration>, payload: &[u8]) -> Vec<u8> {
@@ -71,10 +68,7 @@ fn decode(raw: &[u8], now: i64) -> StoreResult<Option<Entry>> {
     if expires != 0 && expires <= now {
         return Ok(None);
     }
-    Ok(Some(Entry {
-        value: raw[HEADER..].to_vec(),
-        revision,
-    }))
+    Ok(Some(Entry { value: raw[HEADER..].to_vec(), revision }))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -99,11 +93,7 @@ impl EmbeddedStore {
             .name("store-writer".into())
             .spawn(move || writer_loop(writer_db, rx))
             .map_err(unavailable)?;
-        Ok(Self {
-            db,
-            writer: Some(tx),
-            thread: Some(thread),
-        })
+        Ok(Self { db, writer: Some(tx), thread: Some(thread) })
     }
 
     fn send(&self, req: WriteRequest) -> StoreResult<()> {
@@ -165,9 +155,7 @@ fn commit_group(db: &Database, group: Vec<WriteRequest>) {
                             .map(|(k, _)| k.value().1)
                             .unwrap_or(0);
                         let seq = last + 1;
-                        streams
-                            .insert((stream.as_str(), seq), value.as_slice())
-                            .map_err(unavailable)?;
+                        streams.insert((stream.as_str(), seq), value.as_slice()).map_err(unavailable)?;
                         answers.push(Pending::Append(reply, seq));
                     }
                 }
@@ -207,11 +195,7 @@ fn commit_group(db: &Database, group: Vec<WriteRequest>) {
     }
 }
 
-fn apply_batch(
-    kv: &mut redb::Table<&str, &[u8]>,
-    ops: &[Op],
-    now: i64,
-) -> StoreResult<BatchOutcome> {
+fn apply_batch(kv: &mut redb::Table<&str, &[u8]>, ops: &[Op], now: i64) -> StoreResult<BatchOutcome> {
     // Check every condition first so a batch is all-or-nothing.
     let mut current = Vec::with_capacity(ops.len());
     for (index, op) in ops.iter().enumerate() {
@@ -222,16 +206,11 @@ fn apply_batch(
         let rev = existing.as_ref().map(|e| e.revision).unwrap_or(0);
         let ok = match op {
             Op::PutIfAbsent { .. } => existing.is_none(),
-            Op::PutIfRevision { expected, .. } | Op::DeleteIfRevision { expected, .. } => {
-                rev == *expected
-            }
+            Op::PutIfRevision { expected, .. } | Op::DeleteIfRevision { expected, .. } => rev == *expected,
             Op::Put { .. } | Op::Delete { .. } => true,
         };
         if !ok {
-            return Ok(BatchOutcome::Conflict {
-                index,
-                current: existing,
-            });
+            return Ok(BatchOutcome::Conflict { index, current: existing });
         }
         current.push(rev);
     }
@@ -240,12 +219,9 @@ fn apply_batch(
         match op {
             Op::Put { key, value, ttl }
             | Op::PutIfAbsent { key, value, ttl }
-            | Op::PutIfRevision {
-                key, value, ttl, ..
-            } => {
+            | Op::PutIfRevision { key, value, ttl, .. } => {
                 let new_rev = rev + 1;
-                kv.insert(key.as_str(), encode(new_rev, *ttl, value).as_slice())
-                    .map_err(unavailable)?;
+                kv.insert(key.as_str(), encode(new_rev, *ttl, value).as_slice()).map_err(unavailable)?;
                 revisions.push(new_rev);
             }
             Op::Delete { key } | Op::DeleteIfRevision { key, .. } => {
@@ -278,12 +254,7 @@ impl Store for EmbeddedStore {
         }
     }
 
-    async fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<(String, Entry)>> {
+    async fn scan(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> StoreResult<Vec<(String, Entry)>> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(KV).map_err(unavailable)?;
         let start = start_after.unwrap_or(prefix);
@@ -311,30 +282,20 @@ impl Store for EmbeddedStore {
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<BatchOutcome> {
         let (tx, rx) = oneshot::channel();
         self.send(WriteRequest::Apply(ops, tx))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
+        rx.await.map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
     }
 
     async fn append(&self, stream: &str, value: Vec<u8>) -> StoreResult<u64> {
         let (tx, rx) = oneshot::channel();
         self.send(WriteRequest::Append(stream.to_string(), value, tx))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
+        rx.await.map_err(|_| StoreError::Unavailable("store writer dropped the request".into()))?
     }
 
-    async fn read_stream(
-        &self,
-        stream: &str,
-        from: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+    async fn read_stream(&self, stream: &str, from: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(STREAMS).map_err(unavailable)?;
         let mut out = Vec::new();
-        for item in table
-            .range((stream, from.max(1))..=(stream, u64::MAX))
-            .map_err(unavailable)?
-        {
+        for item in table.range((stream, from.max(1))..=(stream, u64::MAX)).map_err(unavailable)? {
             let (k, v) = item.map_err(unavailable)?;
             out.push((k.value().1, v.value().to_vec()));
             if out.len() >= limit {
@@ -356,16 +317,8 @@ mod tests {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             let out = store
                 .apply(vec![
-                    Op::PutIfAbsent {
-                        key: "a".into(),
-                        value: b"1".to_vec(),
-                        ttl: None,
-                    },
-                    Op::Put {
-                        key: "b".into(),
-                        value: b"2".to_vec(),
-                        ttl: None,
-                    },
+                    Op::PutIfAbsent { key: "a".into(), value: b"1".to_vec(), ttl: None },
+                    Op::Put { key: "b".into(), value: b"2".to_vec(), ttl: None },
                 ])
                 .await
                 .unwrap();
@@ -373,16 +326,8 @@ mod tests {
             // Second create-if-absent conflicts and the Put beside it is not applied.
             let out = store
                 .apply(vec![
-                    Op::Put {
-                        key: "c".into(),
-                        value: b"3".to_vec(),
-                        ttl: None,
-                    },
-                    Op::PutIfAbsent {
-                        key: "a".into(),
-                        value: b"x".to_vec(),
-                        ttl: None,
-                    },
+                    Op::Put { key: "c".into(), value: b"3".to_vec(), ttl: None },
+                    Op::PutIfAbsent { key: "a".into(), value: b"x".to_vec(), ttl: None },
                 ])
                 .await
                 .unwrap();
@@ -390,12 +335,7 @@ mod tests {
             assert!(store.get("c").await.unwrap().is_none());
             // Compare-and-set.
             let out = store
-                .apply(vec![Op::PutIfRevision {
-                    key: "b".into(),
-                    value: b"22".to_vec(),
-                    expected: 1,
-                    ttl: None,
-                }])
+                .apply(vec![Op::PutIfRevision { key: "b".into(), value: b"22".to_vec(), expected: 1, ttl: None }])
                 .await
                 .unwrap();
             assert_eq!(out, BatchOutcome::Applied(vec![2]));
@@ -413,23 +353,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         store
-            .apply(vec![Op::Put {
-                key: "t".into(),
-                value: b"v".to_vec(),
-                ttl: Some(Duration::from_millis(1)),
-            }])
+            .apply(vec![Op::Put { key: "t".into(), value: b"v".to_vec(), ttl: Some(Duration::from_millis(1)) }])
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(store.get("t").await.unwrap().is_none());
-        let out = store
-            .apply(vec![Op::PutIfAbsent {
-                key: "t".into(),
-                value: b"w".to_vec(),
-                ttl: None,
-            }])
-            .await
-            .unwrap();
+        let out =
+            store.apply(vec![Op::PutIfAbsent { key: "t".into(), value: b"w".to_vec(), ttl: None }]).await.unwrap();
         assert!(matches!(out, BatchOutcome::Applied(_)));
     }
 }

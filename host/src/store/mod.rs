@@ -35,24 +35,11 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Write unconditionally.
-    Put {
-        key: String,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    },
+    Put { key: String, value: Vec<u8>, ttl: Option<Duration> },
     /// Write only if the key is absent (or expired).
-    PutIfAbsent {
-        key: String,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    },
+    PutIfAbsent { key: String, value: Vec<u8>, ttl: Option<Duration> },
     /// Write only if the current revision equals `expected` (0 = absent).
-    PutIfRevision {
-        key: String,
-        value: Vec<u8>,
-        expected: u64,
-        ttl: Option<Duration>,
-    },
+    PutIfRevision { key: String, value: Vec<u8>, expected: u64, ttl: Option<Duration> },
     /// Remove the key (absent is fine).
     Delete { key: String },
     /// Remove the key only if its revision equals `expected`.
@@ -72,11 +59,7 @@ impl Op {
 
     /// JSON-encode a value for `Put`.
     pub fn put_json<T: serde::Serialize>(key: impl Into<String>, value: &T) -> Op {
-        Op::Put {
-            key: key.into(),
-            value: to_json(value),
-            ttl: None,
-        }
+        Op::Put { key: key.into(), value: to_json(value), ttl: None }
     }
 }
 
@@ -92,10 +75,7 @@ pub enum BatchOutcome {
     Applied(Vec<u64>),
     /// A condition failed; nothing was written. `index` is the failing op and
     /// `current` what the key held at that moment.
-    Conflict {
-        index: usize,
-        current: Option<Entry>,
-    },
+    Conflict { index: usize, current: Option<Entry> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,21 +98,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> StoreResult<Option<Entry>>;
     /// Entries whose key starts with `prefix`, in key order, strictly after
     /// `start_after` when given, at most `limit`.
-    async fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<(String, Entry)>>;
+    async fn scan(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> StoreResult<Vec<(String, Entry)>>;
     /// Apply a batch atomically (see [`BatchOutcome`]).
     async fn apply(&self, ops: Vec<Op>) -> StoreResult<BatchOutcome>;
     /// Append to an ordered stream; returns the new element's sequence (1-based).
     async fn append(&self, stream: &str, value: Vec<u8>) -> StoreResult<u64>;
     /// Read a stream from sequence `from` (inclusive), at most `limit` items.
-    async fn read_stream(
-        &self,
-        stream: &str,
-        from: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+    async fn read_stream(&self, stream: &str, from: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;
 }

@@ -31,8 +31,8 @@ struct EchoInput {
 }
 
 fn parse_input(input: &str) -> Result<EchoInput, JobError> {
-    let value: Value = serde_json::from_str(input)
-        .map_err(|e| JobError::InvalidInput(format!("input is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(input).map_err(|e| JobError::InvalidInput(format!("input is not valid JSON: {e}")))?;
     let object: Map<String, Value> = match value {
         Value::Object(object) => object,
         _ => return Err(JobError::InvalidInput("input must be a JSON object".into())),
@@ -42,18 +42,13 @@ fn parse_input(input: &str) -> Result<EchoInput, JobError> {
         Some(_) => return Err(JobError::InvalidInput("`message` must be a string".into())),
         None => return Err(JobError::InvalidInput("`message` is required".into())),
     };
-    let author = object
-        .get("author")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let author = object.get("author").and_then(Value::as_str).map(str::to_owned);
     Ok(EchoInput { message, author })
 }
 
 fn kv_error_text(error: &kv::KvError) -> &str {
     match error {
-        kv::KvError::InvalidKey(m)
-        | kv::KvError::QuotaExceeded(m)
-        | kv::KvError::Unavailable(m) => m,
+        kv::KvError::InvalidKey(m) | kv::KvError::QuotaExceeded(m) | kv::KvError::Unavailable(m) => m,
     }
 }
 
@@ -61,33 +56,21 @@ fn kv_error_text(error: &kv::KvError) -> &str {
 fn bump_counter() -> Option<u64> {
     let previous = match kv::get(COUNTER_KEY) {
         Ok(None) => 0,
-        Ok(Some(bytes)) => match std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok())
-        {
+        Ok(Some(bytes)) => match std::str::from_utf8(&bytes).ok().and_then(|text| text.trim().parse::<u64>().ok()) {
             Some(n) => n,
             None => {
-                log(
-                    Level::Warn,
-                    &format!("{COUNTER_KEY} holds no decimal number; restarting it at 0"),
-                );
+                log(Level::Warn, &format!("{COUNTER_KEY} holds no decimal number; restarting it at 0"));
                 0
             }
         },
         Err(e) => {
-            log(
-                Level::Warn,
-                &format!("cannot read {COUNTER_KEY}: {}", kv_error_text(&e)),
-            );
+            log(Level::Warn, &format!("cannot read {COUNTER_KEY}: {}", kv_error_text(&e)));
             return None;
         }
     };
     let count = previous.saturating_add(1);
     if let Err(e) = kv::set(COUNTER_KEY, count.to_string().as_bytes()) {
-        log(
-            Level::Warn,
-            &format!("cannot write {COUNTER_KEY}: {}", kv_error_text(&e)),
-        );
+        log(Level::Warn, &format!("cannot write {COUNTER_KEY}: {}", kv_error_text(&e)));
     }
     Some(count)
 }
@@ -132,10 +115,7 @@ mod tests {
     fn parses_message_and_author() {
         assert_eq!(
             parse_input(r#"{"message":"hi","author":"ada"}"#).unwrap(),
-            EchoInput {
-                message: "hi".into(),
-                author: Some("ada".into())
-            }
+            EchoInput { message: "hi".into(), author: Some("ada".into()) }
         );
         assert_eq!(parse_input(r#"{"message":"hi"}"#).unwrap().author, None);
     }
@@ -143,10 +123,7 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         for bad in ["", "[]", "{}", r#"{"message":3}"#, "{oops"] {
-            assert!(
-                matches!(parse_input(bad), Err(JobError::InvalidInput(_))),
-                "{bad}"
-            );
+            assert!(matches!(parse_input(bad), Err(JobError::InvalidInput(_))), "{bad}");
         }
     }
 }

@@ -38,10 +38,7 @@ thread_local! {
 fn compile(schema: &str) -> Result<jsonschema::Validator, SchemaError> {
     let value: Value = serde_json::from_str(schema)
         .map_err(|e| SchemaError::InvalidSchema(format!("schema is not valid JSON: {e}")))?;
-    jsonschema::options()
-        .offline()
-        .build(&value)
-        .map_err(|e| SchemaError::InvalidSchema(e.to_string()))
+    jsonschema::options().offline().build(&value).map_err(|e| SchemaError::InvalidSchema(e.to_string()))
 }
 
 /// The compiled validator for `schema`, from the cache when `cache_key` names it.
@@ -49,12 +46,8 @@ fn validator_for(cache_key: &str, schema: &str) -> Result<Rc<jsonschema::Validat
     if cache_key.is_empty() {
         return compile(schema).map(Rc::new);
     }
-    let cached = CACHE.with_borrow(|cache| {
-        cache
-            .get(cache_key)
-            .filter(|c| c.schema == schema)
-            .map(|c| Rc::clone(&c.validator))
-    });
+    let cached =
+        CACHE.with_borrow(|cache| cache.get(cache_key).filter(|c| c.schema == schema).map(|c| Rc::clone(&c.validator)));
     if let Some(validator) = cached {
         return Ok(validator);
     }
@@ -66,13 +59,7 @@ fn validator_for(cache_key: &str, schema: &str) -> Result<Rc<jsonschema::Validat
         {
             cache.remove(&victim);
         }
-        cache.insert(
-            cache_key.to_owned(),
-            Compiled {
-                schema: schema.to_owned(),
-                validator: Rc::clone(&validator),
-            },
-        );
+        cache.insert(cache_key.to_owned(), Compiled { schema: schema.to_owned(), validator: Rc::clone(&validator) });
     });
     log(Level::Debug, &format!("compiled schema {cache_key}"));
     Ok(validator)
@@ -85,15 +72,10 @@ impl Guest for Component {
         compile(&schema).map(|_| ())
     }
 
-    fn validate(
-        cache_key: String,
-        schema: String,
-        document: String,
-    ) -> Result<Vec<Violation>, SchemaError> {
+    fn validate(cache_key: String, schema: String, document: String) -> Result<Vec<Violation>, SchemaError> {
         let validator = validator_for(&cache_key, &schema)?;
-        let document: Value = serde_json::from_str(&document).map_err(|e| {
-            SchemaError::InvalidDocument(format!("document is not valid JSON: {e}"))
-        })?;
+        let document: Value = serde_json::from_str(&document)
+            .map_err(|e| SchemaError::InvalidDocument(format!("document is not valid JSON: {e}")))?;
         Ok(validator
             .iter_errors(&document)
             .map(|error| Violation {
@@ -133,19 +115,9 @@ mod tests {
     #[test]
     fn reports_required_additional_and_type() {
         let v = run(ECHO, r#"{"author": 3, "extra": true}"#).unwrap();
-        let mut kw: Vec<_> = v
-            .iter()
-            .map(|v| (v.keyword.as_str(), v.instance_path.as_str()))
-            .collect();
+        let mut kw: Vec<_> = v.iter().map(|v| (v.keyword.as_str(), v.instance_path.as_str())).collect();
         kw.sort();
-        assert_eq!(
-            kw,
-            [
-                ("additionalProperties", ""),
-                ("required", ""),
-                ("type", "/author")
-            ]
-        );
+        assert_eq!(kw, [("additionalProperties", ""), ("required", ""), ("type", "/author")]);
         let req = v.iter().find(|v| v.keyword == "required").unwrap();
         assert_eq!(req.message, r#""message" is a required property"#);
         assert_eq!(req.schema_path, "/required");
@@ -162,10 +134,7 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].keyword, "type");
         assert_eq!(v[0].instance_path, "/0");
-        assert!(matches!(
-            run(r#"{"items":[{"type":"string"}]}"#, "[1]"),
-            Err(SchemaError::InvalidSchema(_))
-        ));
+        assert!(matches!(run(r#"{"items":[{"type":"string"}]}"#, "[1]"), Err(SchemaError::InvalidSchema(_))));
     }
 
     #[test]
@@ -179,14 +148,8 @@ mod tests {
     #[test]
     fn invalid_inputs() {
         assert!(matches!(run("{", "{}"), Err(SchemaError::InvalidSchema(_))));
-        assert!(matches!(
-            run(r#"{"type": 12}"#, "{}"),
-            Err(SchemaError::InvalidSchema(_))
-        ));
-        assert!(matches!(
-            run(ECHO, "{not json"),
-            Err(SchemaError::InvalidDocument(_))
-        ));
+        assert!(matches!(run(r#"{"type": 12}"#, "{}"), Err(SchemaError::InvalidSchema(_))));
+        assert!(matches!(run(ECHO, "{not json"), Err(SchemaError::InvalidDocument(_))));
         assert!(matches!(
             Component::check_schema(r#"{"$ref":"https://example.com/s.json"}"#.into()),
             Err(SchemaError::InvalidSchema(_))

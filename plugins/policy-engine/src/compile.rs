@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::doc::{ConstraintsDoc, McpDoc, Parsed, RuleDoc, Scope, Selector, TenantDoc, Tier};
 use crate::eval::{Matcher, Mcp};
+use crate::output::{self, OutputRule};
 use crate::{DecisionKind, INVARIANTS_BUNDLE_ID, Remediation};
 
 /// The merged, compiled policy. Build it with [`crate::load`].
@@ -19,6 +20,9 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) input_rules: Vec<Value>,
     pub(crate) output_rules: Vec<Value>,
+    /// `output_rules` compiled for [`Policy::check_output`] (enabled rules
+    /// only, invalid patterns dropped).
+    pub(crate) output_checks: Vec<OutputRule>,
     pub(crate) input_policy: InputPolicy,
     pub(crate) output_policy: OutputPolicy,
     pub(crate) tenants: BTreeMap<String, Tenant>,
@@ -88,7 +92,10 @@ pub(crate) struct InputPolicy {
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OutputPolicy {
+    /// Some bundle set `enabled: true`.
     pub enabled: bool,
+    /// Some bundle set `enabled: false` (counts only when none set true).
+    pub disabled: bool,
     pub fail_mode: String,
 }
 
@@ -190,11 +197,18 @@ impl Policy {
         self.legacy
     }
 
-    /// Whether output checks are on: `output_policy.enabled`, or output
-    /// rules present with no `fail_mode` (upstream's legacy behaviour).
+    /// Whether output checks are on: `output_policy.enabled: true` in any
+    /// bundle; else off when a bundle says `enabled: false`; else on when
+    /// output rules are present with no `fail_mode` (upstream's legacy
+    /// behaviour).
     pub fn output_policy_enabled(&self) -> bool {
-        self.output_policy.enabled
-            || (!self.output_rules.is_empty() && self.output_policy.fail_mode.is_empty())
+        if self.output_policy.enabled {
+            true
+        } else if self.output_policy.disabled {
+            false
+        } else {
+            !self.output_rules.is_empty() && self.output_policy.fail_mode.is_empty()
+        }
     }
 
     /// `input_policy.enabled` (OR over bundles).
@@ -232,10 +246,7 @@ struct Keyed<T> {
 
 impl<T> Default for Keyed<T> {
     fn default() -> Self {
-        Keyed {
-            items: Vec::new(),
-            index: BTreeMap::new(),
-        }
+        Keyed { items: Vec::new(), index: BTreeMap::new() }
     }
 }
 
@@ -279,10 +290,7 @@ fn first_set(slot: &mut Option<String>, value: Option<&String>) {
 }
 
 fn raw_id(v: &Value) -> String {
-    v.get("id")
-        .and_then(Value::as_str)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    v.get("id").and_then(Value::as_str).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 impl Acc {
@@ -295,12 +303,7 @@ impl Acc {
         first_set(&mut self.default_tenant, doc.default_tenant.as_ref());
         if doc_tier == Tier::Global {
             first_set(&mut self.default_decision, doc.default_decision.as_ref());
-        } else if let Some(d) = doc
-            .default_decision
-            .as_deref()
-            .map(str::trim)
-            .filter(|d| !d.is_empty())
-        {
+        } else if let Some(d) = doc.default_decision.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
             self.scoped_defaults.push(ScopedDefault {
                 tier: doc_tier,
                 scope: Scope::resolve(doc_sel, None),
@@ -347,6 +350,7 @@ impl Acc {
         }
         if let Some(op) = doc.output_policy {
             self.output_policy.enabled |= op.enabled.unwrap_or(false);
+            self.output_policy.disabled |= op.enabled == Some(false);
             if self.output_policy.fail_mode.is_empty()
                 && let Some(f) = op.fail_mode
             {
@@ -389,11 +393,7 @@ fn default_kind(s: &str) -> DecisionKind {
 fn compile_rule(r: RuleDoc, doc_tier: Tier, doc_sel: Option<&Selector>) -> Rule {
     let tier = Tier::from_field(r.tier.as_ref()).unwrap_or(doc_tier);
     let scope = Scope::resolve(doc_sel, r.selector.as_ref());
-    let declared = r
-        .decision
-        .as_ref()
-        .map(|d| d.kind())
-        .unwrap_or(DecisionKind::Deny);
+    let declared = r.decision.as_ref().map(|d| d.kind()).unwrap_or(DecisionKind::Deny);
     let constraints = r.constraints.as_ref().and_then(constraints_value);
     let kind = if declared == DecisionKind::Allow && constraints.is_some() {
         DecisionKind::AllowWithConstraints
@@ -454,10 +454,7 @@ fn legacy_rules(tenants: &BTreeMap<String, Tenant>) -> Vec<Rule> {
         let mcp = t.mcp.to_mcp();
         let mut push = |kind: DecisionKind, n: usize, pat: &str| {
             let (id, reason) = if kind == DecisionKind::Deny {
-                (
-                    format!("legacy:{name}:deny:{n}"),
-                    format!("topic \"{pat}\" denied by tenant policy"),
-                )
+                (format!("legacy:{name}:deny:{n}"), format!("topic \"{pat}\" denied by tenant policy"))
             } else {
                 (format!("legacy:{name}:allow:{n}"), String::new())
             };
@@ -502,11 +499,8 @@ pub(crate) fn build(parsed: Vec<(&str, Parsed)>) -> Policy {
     // Invariants: deny-type rules first, allow-type rules last; their input
     // and output rules first. They may switch output checks on and fill an
     // empty fail_mode, but their globals (version, defaults) do not count.
-    let (inv_deny, inv_allow): (Vec<Rule>, Vec<Rule>) = inv
-        .rules
-        .items
-        .into_iter()
-        .partition(|r| r.declared.is_deny_type());
+    let (inv_deny, inv_allow): (Vec<Rule>, Vec<Rule>) =
+        inv.rules.items.into_iter().partition(|r| r.declared.is_deny_type());
     let mut rules = inv_deny;
     rules.extend(acc.rules.items);
     rules.extend(inv_allow);
@@ -518,6 +512,7 @@ pub(crate) fn build(parsed: Vec<(&str, Parsed)>) -> Policy {
 
     let mut output_policy = acc.output_policy;
     output_policy.enabled |= inv.output_policy.enabled;
+    output_policy.disabled |= inv.output_policy.disabled;
     if output_policy.fail_mode.is_empty() {
         output_policy.fail_mode = inv.output_policy.fail_mode;
     }
@@ -557,6 +552,8 @@ pub(crate) fn build(parsed: Vec<(&str, Parsed)>) -> Policy {
 
     let mut warnings = acc.warnings;
     warnings.extend(inv.warnings);
+    let (output_checks, notes) = output::compile(&output_rules);
+    warnings.extend(notes);
     for t in tenants.values_mut() {
         t.mcp_check = t.mcp.to_mcp();
     }
@@ -564,15 +561,12 @@ pub(crate) fn build(parsed: Vec<(&str, Parsed)>) -> Policy {
     Policy {
         version: acc.version.unwrap_or_default(),
         default_tenant: acc.default_tenant.unwrap_or_default(),
-        default_decision: acc
-            .default_decision
-            .as_deref()
-            .map(default_kind)
-            .unwrap_or(DecisionKind::Deny),
+        default_decision: acc.default_decision.as_deref().map(default_kind).unwrap_or(DecisionKind::Deny),
         scoped_defaults: acc.scoped_defaults,
         rules,
         input_rules,
         output_rules,
+        output_checks,
         input_policy,
         output_policy,
         tenants,

@@ -50,17 +50,9 @@ impl<'de, C: Choices> Deserialize<'de> for Choice<C> {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Choice<C>, E> {
                 if C::VALUES.contains(&v) {
-                    Ok(Choice {
-                        value: v.to_owned(),
-                        _c: PhantomData,
-                    })
+                    Ok(Choice { value: v.to_owned(), _c: PhantomData })
                 } else {
-                    Err(E::custom(format_args!(
-                        "{} \"{}\" must be one of: {}",
-                        C::WHAT,
-                        v,
-                        C::VALUES.join(", ")
-                    )))
+                    Err(E::custom(format_args!("{} \"{}\" must be one of: {}", C::WHAT, v, C::VALUES.join(", "))))
                 }
             }
         }
@@ -96,21 +88,8 @@ choices!(
         "throttle",
     ]
 );
-choices!(
-    InputDecision,
-    "decision",
-    [
-        "deny",
-        "require_approval",
-        "require-approval",
-        "require_human"
-    ]
-);
-choices!(
-    OutputDecision,
-    "decision",
-    ["allow", "deny", "quarantine", "redact"]
-);
+choices!(InputDecision, "decision", ["deny", "require_approval", "require-approval", "require_human"]);
+choices!(OutputDecision, "decision", ["allow", "deny", "quarantine", "redact"]);
 choices!(Severity, "severity", ["low", "medium", "high", "critical"]);
 // The gateway's sanitiser drops an empty fail_mode, so "" counts as unset.
 choices!(FailMode, "fail_mode", ["open", "closed", ""]);
@@ -137,9 +116,7 @@ impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Ranged<MIN, MAX> 
                 } else if MAX == i64::MAX {
                     Err(E::custom(format_args!("{v} must be at least {MIN}")))
                 } else {
-                    Err(E::custom(format_args!(
-                        "{v} must be between {MIN} and {MAX}"
-                    )))
+                    Err(E::custom(format_args!("{v} must be between {MIN} and {MAX}")))
                 }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
@@ -172,10 +149,8 @@ impl<'de> Deserialize<'de> for VelocityKey {
                 }
                 for part in v.split(':') {
                     let part = part.trim();
-                    let ok = matches!(
-                        part,
-                        "tenant" | "topic" | "actor_id" | "actor_type" | "pack_id" | "capability"
-                    ) || part.strip_prefix("labels.").is_some_and(|k| !k.is_empty());
+                    let ok = matches!(part, "tenant" | "topic" | "actor_id" | "actor_type" | "pack_id" | "capability")
+                        || part.strip_prefix("labels.").is_some_and(|k| !k.is_empty());
                     if !ok {
                         return Err(E::custom(format_args!(
                             "velocity key part \"{part}\" must be one of: tenant, topic, actor_id, actor_type, pack_id, capability, labels.<key>"
@@ -203,11 +178,7 @@ impl<'de> Deserialize<'de> for NonEmpty {
                 write!(f, "a non-empty string")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<NonEmpty, E> {
-                if v.is_empty() {
-                    Err(E::custom("must not be empty"))
-                } else {
-                    Ok(NonEmpty(v.to_owned()))
-                }
+                if v.is_empty() { Err(E::custom("must not be empty")) } else { Ok(NonEmpty(v.to_owned())) }
             }
         }
         d.deserialize_str(V)
@@ -432,7 +403,7 @@ pub(crate) struct ScopeDoc {
     pub on_ambiguous: Option<Choice<DenyAllow>>,
 }
 
-#[allow(dead_code)]
+#[allow(dead_code)] // severity and description are validated only
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutputRuleDoc {
@@ -446,8 +417,7 @@ pub(crate) struct OutputRuleDoc {
     pub reason: Option<String>,
 }
 
-#[allow(dead_code)]
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutputMatchDoc {
     pub tenants: List,
@@ -519,10 +489,7 @@ pub(crate) fn parse_bundle(bundle_id: &str, content: &str) -> Result<Parsed, Vec
     if !diags.is_empty() {
         return Err(diags);
     }
-    let mut parsed = Parsed {
-        doc,
-        ..Parsed::default()
-    };
+    let mut parsed = Parsed { doc, ..Parsed::default() };
     if parsed.doc.input_rules.is_some() || parsed.doc.output_rules.is_some() {
         let raw: Value = decode(bundle_id, content, as_json).map_err(|d| vec![d])?;
         let take = |key: &str| -> Vec<Value> {
@@ -539,11 +506,7 @@ pub(crate) fn parse_bundle(bundle_id: &str, content: &str) -> Result<Parsed, Vec
 
 /// Decode `content` as JSON (when it looks like JSON and is valid JSON
 /// syntax) or as YAML, turning the first error into a diagnostic.
-fn decode<T: for<'de> Deserialize<'de>>(
-    bundle_id: &str,
-    content: &str,
-    try_json: bool,
-) -> Result<T, Diagnostic> {
+fn decode<T: for<'de> Deserialize<'de>>(bundle_id: &str, content: &str, try_json: bool) -> Result<T, Diagnostic> {
     if try_json {
         match serde_json::from_str::<T>(content) {
             Ok(v) => return Ok(v),
@@ -560,16 +523,8 @@ fn decode<T: for<'de> Deserialize<'de>>(
         }
     }
     serde_yaml::from_str::<T>(content).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (to_u32(l.line()), to_u32(l.column())))
-            .unwrap_or((0, 0));
-        Diagnostic {
-            bundle_id: bundle_id.to_owned(),
-            line,
-            column,
-            message: strip_location(&e.to_string()),
-        }
+        let (line, column) = e.location().map(|l| (to_u32(l.line()), to_u32(l.column()))).unwrap_or((0, 0));
+        Diagnostic { bundle_id: bundle_id.to_owned(), line, column, message: strip_location(&e.to_string()) }
     })
 }
 
@@ -611,19 +566,10 @@ fn strip_location(msg: &str) -> String {
 
 fn strip_nulls(v: Value) -> Value {
     match v {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .filter(|v| !v.is_null())
-                .map(strip_nulls)
-                .collect(),
-        ),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().filter(|v| !v.is_null()).map(strip_nulls).collect()),
         other => other,
     }
 }
@@ -667,10 +613,7 @@ impl Scope {
     pub(crate) fn resolve(doc: Option<&Selector>, rule: Option<&Selector>) -> Scope {
         fn pick(d: Option<&Option<String>>, r: Option<&Option<String>>) -> String {
             let get = |o: Option<&Option<String>>| {
-                o.and_then(|s| s.as_deref())
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
+                o.and_then(|s| s.as_deref()).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
             };
             get(r).or_else(|| get(d)).unwrap_or_default()
         }
@@ -688,25 +631,15 @@ impl Scope {
             Tier::Workflow => !self.workflow_id.is_empty(),
             Tier::Job => !self.job_id.is_empty() || !self.session_id.is_empty(),
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("selector is required for {} tier", tier.as_str()))
-        }
+        if ok { Ok(()) } else { Err(format!("selector is required for {} tier", tier.as_str())) }
     }
 }
 
 /// Tier/selector checks at document level, for each input rule and each rule.
 fn validate_tiers(bundle_id: &str, doc: &Fragment) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let mut push = |message: String| {
-        out.push(Diagnostic {
-            bundle_id: bundle_id.to_owned(),
-            line: 0,
-            column: 0,
-            message,
-        })
-    };
+    let mut push =
+        |message: String| out.push(Diagnostic { bundle_id: bundle_id.to_owned(), line: 0, column: 0, message });
     let doc_tier = Tier::from_field(doc.tier.as_ref()).unwrap_or(Tier::Global);
     let doc_scope = Scope::resolve(doc.selector.as_ref(), None);
     if let Err(e) = doc_scope.check(doc_tier) {
@@ -720,10 +653,7 @@ fn validate_tiers(bundle_id: &str, doc: &Fragment) -> Vec<Diagnostic> {
         let tier = Tier::from_field(r.tier.as_ref()).unwrap_or(doc_tier);
         let scope = Scope::resolve(doc.selector.as_ref(), r.selector.as_ref());
         if let Err(e) = scope.check(tier) {
-            push(format!(
-                "{}: {e}",
-                describe("input_rules", i, r.id.as_ref())
-            ));
+            push(format!("{}: {e}", describe("input_rules", i, r.id.as_ref())));
         }
     }
     for (i, r) in doc.rules.iter().flatten().enumerate() {
@@ -755,9 +685,6 @@ mod tests {
         );
         assert_eq!(strip_location("look at line items"), "look at line items");
         assert_eq!(strip_location("at line 3"), "at line 3");
-        assert_eq!(
-            strip_location("x at line 3 column y"),
-            "x at line 3 column y"
-        );
+        assert_eq!(strip_location("x at line 3 column y"), "x at line 3 column y");
     }
 }

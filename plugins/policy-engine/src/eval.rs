@@ -33,9 +33,7 @@ fn fold_eq(a: &str, b: &str) -> bool {
     } else if a.is_ascii() && b.is_ascii() {
         false
     } else {
-        a.chars()
-            .flat_map(char::to_lowercase)
-            .eq(b.chars().flat_map(char::to_lowercase))
+        a.chars().flat_map(char::to_lowercase).eq(b.chars().flat_map(char::to_lowercase))
     }
 }
 
@@ -48,10 +46,7 @@ fn contains_exact(list: &[String], v: &str) -> bool {
 }
 
 fn trimmed_list(l: Option<Vec<String>>) -> Vec<String> {
-    l.unwrap_or_default()
-        .into_iter()
-        .map(|s| s.trim().to_owned())
-        .collect()
+    l.unwrap_or_default().into_iter().map(|s| s.trim().to_owned()).collect()
 }
 
 fn fmt_list<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
@@ -79,15 +74,11 @@ pub(crate) struct Mcp {
 impl Mcp {
     pub(crate) fn new(lists: [(&Vec<String>, &Vec<String>); 4]) -> Mcp {
         let trim = |v: &Vec<String>| v.iter().map(|s| s.trim().to_owned()).collect::<Vec<_>>();
-        Mcp {
-            fields: lists.map(|(allow, deny)| (trim(allow), trim(deny))),
-        }
+        Mcp { fields: lists.map(|(allow, deny)| (trim(allow), trim(deny))) }
     }
 
     fn is_empty(&self) -> bool {
-        self.fields
-            .iter()
-            .all(|(allow, deny)| allow.is_empty() && deny.is_empty())
+        self.fields.iter().all(|(allow, deny)| allow.is_empty() && deny.is_empty())
     }
 
     /// `Err((field, denied))` for the first field the request fails.
@@ -176,12 +167,7 @@ impl Matcher {
         });
         Matcher {
             tenants: trimmed_list(m.tenants),
-            topics: m
-                .topics
-                .unwrap_or_default()
-                .iter()
-                .map(|p| Glob::new(p))
-                .collect(),
+            topics: m.topics.unwrap_or_default().iter().map(|p| Glob::new(p)).collect(),
             capabilities: trimmed_list(m.capabilities),
             risk_tags: trimmed_list(m.risk_tags),
             requires: trimmed_list(m.requires),
@@ -206,12 +192,7 @@ impl Matcher {
 
     /// `{tenants: [tenant], topics: [pattern], mcp: tenant.mcp}`.
     pub(crate) fn legacy(tenant: &str, pattern: &str, mcp: Mcp) -> Matcher {
-        Matcher {
-            tenants: vec![tenant.trim().to_owned()],
-            topics: vec![Glob::new(pattern)],
-            mcp,
-            ..Matcher::default()
-        }
+        Matcher { tenants: vec![tenant.trim().to_owned()], topics: vec![Glob::new(pattern)], mcp, ..Matcher::default() }
     }
 
     pub(crate) fn section(&self) -> Section {
@@ -227,9 +208,7 @@ impl Matcher {
     /// Every present predicate, in document order; the first failure.
     fn check(&self, cx: &Ctx<'_>) -> Result<(), Miss> {
         let r = cx.req;
-        if !self.tenants.is_empty()
-            && (cx.tenant.is_empty() || !contains_fold(&self.tenants, cx.tenant))
-        {
+        if !self.tenants.is_empty() && (cx.tenant.is_empty() || !contains_fold(&self.tenants, cx.tenant)) {
             return Err(Miss::Tenants);
         }
         if !self.topics.is_empty() && !self.topics.iter().any(|g| g.matches(cx.topic)) {
@@ -241,19 +220,10 @@ impl Matcher {
                 return Err(Miss::Capabilities);
             }
         }
-        if !self.risk_tags.is_empty()
-            && !r
-                .risk_tags
-                .iter()
-                .any(|t| contains_exact(&self.risk_tags, t.trim()))
-        {
+        if !self.risk_tags.is_empty() && !r.risk_tags.iter().any(|t| contains_exact(&self.risk_tags, t.trim())) {
             return Err(Miss::RiskTags);
         }
-        if let Some(i) = self
-            .requires
-            .iter()
-            .position(|need| !r.requires.iter().any(|have| have.trim() == need))
-        {
+        if let Some(i) = self.requires.iter().position(|need| !r.requires.iter().any(|have| have.trim() == need)) {
             return Err(Miss::Requires(i));
         }
         if !member(&self.pack_ids, &r.pack_id) {
@@ -282,28 +252,20 @@ impl Matcher {
         {
             return Err(Miss::SecretsPresent);
         }
-        if let Some(i) = self
-            .labels
-            .iter()
-            .position(|(k, v)| r.labels.get(k) != Some(v))
-        {
+        if let Some(i) = self.labels.iter().position(|(k, v)| r.labels.get(k) != Some(v)) {
             return Err(Miss::Labels(i));
         }
         if !self.label_allowlist.is_empty()
-            && !self.label_allowlist.iter().any(|(k, allowed)| {
-                r.labels
-                    .get(k)
-                    .is_some_and(|v| !contains_fold(allowed, v.trim()))
-            })
+            && !self
+                .label_allowlist
+                .iter()
+                .any(|(k, allowed)| r.labels.get(k).is_some_and(|v| !contains_fold(allowed, v.trim())))
         {
             return Err(Miss::LabelAllowlist);
         }
         if !self.label_threshold.is_empty()
             && !self.label_threshold.iter().any(|(k, limit)| {
-                r.labels
-                    .get(k)
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .is_some_and(|v| v > *limit)
+                r.labels.get(k).and_then(|v| v.trim().parse::<f64>().ok()).is_some_and(|v| v > *limit)
             })
         {
             return Err(Miss::LabelThreshold);
@@ -322,49 +284,39 @@ impl Matcher {
         let r = cx.req;
         let one_of = |name: &str, value: &str, list: &[String]| {
             if value.is_empty() {
-                format!(
-                    "{name}: request has none; rule wants one of {}",
-                    fmt_list(list)
-                )
+                format!("{name}: request has none; rule wants one of {}", fmt_list(list))
             } else {
                 format!("{name}: \"{value}\" is not one of {}", fmt_list(list))
             }
         };
         match miss {
             Miss::Tenants => one_of("tenants", cx.tenant, &self.tenants),
-            Miss::Topics => format!(
-                "topics: \"{}\" matches none of {}",
-                cx.topic,
-                fmt_list(self.topics.iter().map(Glob::as_str))
-            ),
+            Miss::Topics => {
+                format!("topics: \"{}\" matches none of {}", cx.topic, fmt_list(self.topics.iter().map(Glob::as_str)))
+            }
             Miss::Capabilities => one_of("capabilities", r.capability.trim(), &self.capabilities),
             Miss::RiskTags => format!(
                 "risk_tags: request tags {} share none of {}",
                 fmt_list(&r.risk_tags),
                 fmt_list(&self.risk_tags)
             ),
-            Miss::Requires(i) => format!(
-                "requires: \"{}\" is missing from request requires {}",
-                self.requires[i],
-                fmt_list(&r.requires)
-            ),
+            Miss::Requires(i) => {
+                format!("requires: \"{}\" is missing from request requires {}", self.requires[i], fmt_list(&r.requires))
+            }
             Miss::PackIds => one_of("pack_ids", r.pack_id.trim(), &self.pack_ids),
             Miss::ActorIds => one_of("actor_ids", r.actor_id.trim(), &self.actor_ids),
             Miss::ActorTypes => one_of("actor_types", r.actor_type.trim(), &self.actor_types),
-            Miss::AgentRiskTiers => one_of(
-                "agent_risk_tiers (label agent_risk_tier)",
-                cx.agent_risk_tier,
-                &self.agent_risk_tiers,
-            ),
+            Miss::AgentRiskTiers => {
+                one_of("agent_risk_tiers (label agent_risk_tier)", cx.agent_risk_tier, &self.agent_risk_tiers)
+            }
             Miss::AgentDataClassifications => format!(
                 "agent_data_classifications: label agent_data_classifications \"{}\" shares none of {}",
                 cx.agent_data_classifications,
                 fmt_list(&self.agent_data_classifications)
             ),
-            Miss::SecretsPresent => format!(
-                "secrets_present: request is {}, rule wants {}",
-                cx.secrets_present, !cx.secrets_present
-            ),
+            Miss::SecretsPresent => {
+                format!("secrets_present: request is {}, rule wants {}", cx.secrets_present, !cx.secrets_present)
+            }
             Miss::Labels(i) => {
                 let (k, want) = &self.labels[i];
                 match r.labels.get(k) {
@@ -392,8 +344,7 @@ impl Matcher {
                 s
             }
             Miss::LabelThreshold => {
-                let mut s =
-                    String::from("label_threshold: no present label exceeds its threshold (");
+                let mut s = String::from("label_threshold: no present label exceeds its threshold (");
                 for (i, (k, limit)) in self.label_threshold.iter().enumerate() {
                     if i > 0 {
                         s.push_str(", ");
@@ -412,9 +363,7 @@ impl Matcher {
             }
             Miss::Mcp(field, denied) => mcp_failure(&cx.mcp, (field, denied)),
             Miss::Unsupported(what) => {
-                format!(
-                    "{what}: delegation predicates are not supported here; the rule never matches"
-                )
+                format!("{what}: delegation predicates are not supported here; the rule never matches")
             }
         }
     }
@@ -646,13 +595,10 @@ fn plain_decision(kind: DecisionKind, reason: &str) -> Decision {
 /// The tenant's own MCP lists (§1.4 step 10), looked up by exact name, then
 /// case-insensitively.
 fn tenant_entry<'p>(policy: &'p Policy, tenant: &str) -> Option<&'p Tenant> {
-    policy.tenants.get(tenant).or_else(|| {
-        policy
-            .tenants
-            .iter()
-            .find(|(k, _)| fold_eq(k.trim(), tenant))
-            .map(|(_, t)| t)
-    })
+    policy
+        .tenants
+        .get(tenant)
+        .or_else(|| policy.tenants.iter().find(|(k, _)| fold_eq(k.trim(), tenant)).map(|(_, t)| t))
 }
 
 impl Policy {
@@ -668,26 +614,16 @@ impl Policy {
     pub fn explain(&self, req: &Request) -> Explanation {
         let mut trace = Vec::with_capacity(self.rules.len());
         let (decision, defaulted) = self.run(req, Some(&mut trace));
-        Explanation {
-            decision,
-            trace,
-            defaulted,
-        }
+        Explanation { decision, trace, defaulted }
     }
 
     fn run(&self, req: &Request, mut trace: Option<&mut Vec<TraceEntry>>) -> (Decision, bool) {
         let topic = req.topic.trim();
         if topic.is_empty() {
-            return (
-                plain_decision(DecisionKind::Deny, REASON_MISSING_TOPIC),
-                false,
-            );
+            return (plain_decision(DecisionKind::Deny, REASON_MISSING_TOPIC), false);
         }
         if !topic.starts_with("job.") {
-            return (
-                plain_decision(DecisionKind::Deny, REASON_UNSUPPORTED_TOPIC),
-                false,
-            );
+            return (plain_decision(DecisionKind::Deny, REASON_UNSUPPORTED_TOPIC), false);
         }
         let cx = Ctx::new(self, req);
 
@@ -714,11 +650,9 @@ impl Policy {
                     )
                 }
                 Outcome::OutOfScope => rule.scope_detail(&cx),
-                Outcome::OtherSection => format!(
-                    "not applicable: {} rule, request is {}",
-                    rule.section.as_str(),
-                    cx.section.as_str()
-                ),
+                Outcome::OtherSection => {
+                    format!("not applicable: {} rule, request is {}", rule.section.as_str(), cx.section.as_str())
+                }
                 Outcome::Velocity => "velocity rule skipped: no counter".to_owned(),
                 Outcome::Miss(m) => rule.matcher.describe(m, &cx),
             };
@@ -738,11 +672,7 @@ impl Policy {
             Some(rule) => (rule.decision(), false),
             None => {
                 let kind = self.default_for(&cx);
-                let reason = if kind == DecisionKind::Allow {
-                    REASON_DEFAULT_ALLOW
-                } else {
-                    REASON_DEFAULT_DENY
-                };
+                let reason = if kind == DecisionKind::Allow { REASON_DEFAULT_ALLOW } else { REASON_DEFAULT_DENY };
                 (plain_decision(kind, reason), true)
             }
         };
@@ -769,11 +699,7 @@ impl Policy {
     fn default_for(&self, cx: &Ctx<'_>) -> DecisionKind {
         if !self.scoped_defaults.is_empty() {
             for tier in [Tier::Job, Tier::Workflow] {
-                if let Some(d) = self
-                    .scoped_defaults
-                    .iter()
-                    .find(|d| d.tier == tier && cx.in_scope(d.tier, &d.scope))
-                {
+                if let Some(d) = self.scoped_defaults.iter().find(|d| d.tier == tier && cx.in_scope(d.tier, &d.scope)) {
                     return d.kind;
                 }
             }

@@ -129,22 +129,13 @@ fn match_chunk<'a>(items: &[Item], s: &'a str) -> Option<&'a str> {
 fn parse(p: &str) -> Option<Vec<Chunk>> {
     let chars: Vec<char> = p.chars().collect();
     let mut chunks = Vec::new();
-    let mut cur = Chunk {
-        star: false,
-        items: Vec::new(),
-    };
+    let mut cur = Chunk { star: false, items: Vec::new() };
     let mut i = 0;
     while i < chars.len() {
         match chars[i] {
             '*' => {
                 if !cur.items.is_empty() {
-                    chunks.push(std::mem::replace(
-                        &mut cur,
-                        Chunk {
-                            star: true,
-                            items: Vec::new(),
-                        },
-                    ));
+                    chunks.push(std::mem::replace(&mut cur, Chunk { star: true, items: Vec::new() }));
                 } else {
                     cur.star = true;
                 }
@@ -306,10 +297,9 @@ mod tests {
 
     #[test]
     fn malformed_patterns_never_match() {
-        for p in [
-            "job.[", "job.[a", "job.[]", "job.[^]", "[-a]", "[a-]", "[]a]", "job\\", "[a-\\", "x[",
-            "*[", "[z-a]x[",
-        ] {
+        for p in
+            ["job.[", "job.[a", "job.[]", "job.[^]", "[-a]", "[a-]", "[]a]", "job\\", "[a-\\", "x[", "*[", "[z-a]x["]
+        {
             let g = Glob::new(p);
             assert!(!g.is_valid(), "{p:?} should be malformed");
             assert!(!g.matches("job.a"), "{p:?}");

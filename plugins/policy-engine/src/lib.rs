@@ -6,9 +6,12 @@
 //! legacy tenant rules), and evaluation: first matching rule wins, with a
 //! fail-closed default, plus [`Policy::explain`] traces. It has no I/O,
 //! threads or clocks, so it runs natively in the gateway and inside the
-//! `policy-rules` WebAssembly component alike. Velocity counters, content
-//! scanning (input rules) and output checks belong to the host and are not
-//! evaluated here; their rules are parsed, validated and kept.
+//! `policy-rules` WebAssembly component alike. Output checks
+//! ([`Policy::check_output`]: `output_rules` with content patterns, keywords
+//! and the built-in secret/pii/injection scanners, plus redaction) run here
+//! too. Velocity counters and content scanning of inputs (`input_rules`)
+//! belong to the host and are not evaluated here; their rules are parsed,
+//! validated and kept.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,8 +22,10 @@ mod compile;
 mod doc;
 mod eval;
 mod glob;
+mod output;
 
 pub use compile::Policy;
+pub use output::{Finding, MAX_FINDINGS, OutputDecision, OutputDecisionKind, OutputRequest, REDACTED};
 
 /// The exact bundle id whose rules bracket every other bundle's.
 pub const INVARIANTS_BUNDLE_ID: &str = "secops/invariants";
@@ -34,10 +39,7 @@ pub struct Bundle {
 
 impl Bundle {
     pub fn new(id: impl Into<String>, content: impl Into<String>) -> Self {
-        Bundle {
-            id: id.into(),
-            content: content.into(),
-        }
+        Bundle { id: id.into(), content: content.into() }
     }
 }
 
@@ -54,11 +56,7 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.bundle_id, self.line, self.column, self.message
-            )
+            write!(f, "{}:{}:{}: {}", self.bundle_id, self.line, self.column, self.message)
         } else {
             write!(f, "{}: {}", self.bundle_id, self.message)
         }
@@ -113,10 +111,7 @@ impl DecisionKind {
     /// Deny, require-approval and throttle: the kinds `secops/invariants`
     /// puts ahead of every other rule.
     pub fn is_deny_type(&self) -> bool {
-        matches!(
-            self,
-            DecisionKind::Deny | DecisionKind::RequireApproval | DecisionKind::Throttle
-        )
+        matches!(self, DecisionKind::Deny | DecisionKind::RequireApproval | DecisionKind::Throttle)
     }
 }
 
@@ -215,18 +210,10 @@ pub fn load(bundles: &[Bundle]) -> Result<Policy, Vec<Diagnostic>> {
             Err(d) => diags.extend(d),
         }
     }
-    if diags.is_empty() {
-        Ok(compile::build(parsed))
-    } else {
-        Err(diags)
-    }
+    if diags.is_empty() { Ok(compile::build(parsed)) } else { Err(diags) }
 }
 
 /// Validate `bundles` without building a policy; empty when all are valid.
 pub fn check(bundles: &[Bundle]) -> Vec<Diagnostic> {
-    bundles
-        .iter()
-        .filter_map(|b| doc::parse_bundle(&b.id, &b.content).err())
-        .flatten()
-        .collect()
+    bundles.iter().filter_map(|b| doc::parse_bundle(&b.id, &b.content).err()).flatten().collect()
 }

@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use cordum_policy_engine::{
-    Bundle, Decision, DecisionKind, Diagnostic, Policy, Request, check, load,
-};
+use cordum_policy_engine::{Bundle, Decision, DecisionKind, Diagnostic, Policy, Request, check, load};
 use serde_json::json;
 
 const SAFETY_YAML: &str = include_str!("data/safety.yaml");
@@ -19,17 +17,11 @@ fn policies(bundles: &[(&str, &str)]) -> Policy {
 }
 
 fn req(topic: &str) -> Request {
-    Request {
-        topic: topic.to_owned(),
-        ..Request::default()
-    }
+    Request { topic: topic.to_owned(), ..Request::default() }
 }
 
 fn with_labels(mut r: Request, labels: &[(&str, &str)]) -> Request {
-    r.labels = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    r.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     r
 }
 
@@ -42,11 +34,7 @@ fn diags(yaml: &str) -> Vec<Diagnostic> {
 fn matches(match_body: &str, r: &Request) -> bool {
     let yaml = format!(
         "default_decision: deny\nrules:\n  - id: hit\n    match:\n{}\n    decision: allow\n",
-        match_body
-            .lines()
-            .map(|l| format!("      {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        match_body.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
     );
     let d = policy(&yaml).evaluate(r);
     d.rule_id == "hit"
@@ -70,17 +58,10 @@ fn example_safety_yaml_loads() {
     assert!(!p.is_legacy());
     assert_eq!(p.output_rules()[0]["id"], "output-secret-leak");
     assert_eq!(p.output_rules()[3]["match"]["output_size_gt"], 10485760);
-    assert_eq!(
-        p.input_rules()[3]["match"]["scope"]["aliases"]["gift card"],
-        "gift_card"
-    );
+    assert_eq!(p.input_rules()[3]["match"]["scope"]["aliases"]["gift card"], "gift_card");
     assert_eq!(
         p.rule_ids().collect::<Vec<_>>()[..3],
-        [
-            "default-topic-allow",
-            "fraud-review-required",
-            "risk-assessment-approval"
-        ]
+        ["default-topic-allow", "fraud-review-required", "risk-assessment-approval"]
     );
 }
 
@@ -91,10 +72,7 @@ fn example_safety_yaml_decisions() {
     let d = p.evaluate(&req("job.default"));
     assert_eq!(d.kind, DecisionKind::Allow);
     assert_eq!(d.rule_id, "default-topic-allow");
-    assert_eq!(
-        d.reason,
-        "Default topic for gate probes and integration tests."
-    );
+    assert_eq!(d.reason, "Default topic for gate probes and integration tests.");
     assert!(!d.approval_required);
     assert_eq!(d.constraints, None);
 
@@ -103,10 +81,7 @@ fn example_safety_yaml_decisions() {
     assert!(d.approval_required);
     assert_eq!(d.rule_id, "fraud-review-required");
 
-    let wf = with_labels(
-        req("job.bank-validators.process"),
-        &[("_source", "workflow")],
-    );
+    let wf = with_labels(req("job.bank-validators.process"), &[("_source", "workflow")]);
     assert_eq!(p.evaluate(&wf).rule_id, "validators-internal-allow");
     let d = p.evaluate(&req("job.bank-validators.process"));
     assert_eq!(d.kind, DecisionKind::Deny);
@@ -120,10 +95,7 @@ fn example_safety_yaml_decisions() {
     assert_eq!(direct.kind, DecisionKind::RequireApproval);
 
     let d = p.evaluate(&req("sys.shutdown"));
-    assert_eq!(
-        (d.kind, d.reason.as_str()),
-        (DecisionKind::Deny, "unsupported topic")
-    );
+    assert_eq!((d.kind, d.reason.as_str()), (DecisionKind::Deny, "unsupported topic"));
 }
 
 // ---------------------------------------------------------------------------
@@ -160,10 +132,7 @@ fn default_decision_is_fail_closed() {
         ("default_decision: permit\n", DecisionKind::Allow),
         ("default_decision: alow\n", DecisionKind::Deny),
         ("default_decision: \"\"\n", DecisionKind::Deny),
-        (
-            "default_decision: allow_with_constraints\n",
-            DecisionKind::Deny,
-        ),
+        ("default_decision: allow_with_constraints\n", DecisionKind::Deny),
         ("default_decision: require_approval\n", DecisionKind::Deny),
     ];
     for (doc, want) in cases {
@@ -229,18 +198,13 @@ fn decision_aliases() {
     ];
     for (alias, want) in cases {
         assert_eq!(DecisionKind::parse_alias(alias), Some(want), "{alias}");
-        let p = policy(&format!(
-            "rules:\n  - id: r\n    decision: {alias}\n    reason: why\n"
-        ));
+        let p = policy(&format!("rules:\n  - id: r\n    decision: {alias}\n    reason: why\n"));
         let d = p.evaluate(&req("job.x"));
         assert_eq!(d.kind, want, "{alias}");
         assert_eq!(d.reason, "why", "reason kept for {alias}");
         assert_eq!(d.approval_required, want == DecisionKind::RequireApproval);
     }
-    assert_eq!(
-        DecisionKind::parse_alias(" Permit "),
-        Some(DecisionKind::Allow)
-    );
+    assert_eq!(DecisionKind::parse_alias(" Permit "), Some(DecisionKind::Allow));
     assert_eq!(DecisionKind::parse_alias("alow"), None);
     assert_eq!(DecisionKind::parse_alias(""), None);
     assert_eq!(DecisionKind::parse_alias("quarantine"), None);
@@ -383,9 +347,7 @@ fn predicate_tenants() {
     let blank = req("job.x");
     assert!(matches("tenants: [default]", &blank));
     assert!(!matches("tenants: [acme]", &blank));
-    let p = policy(
-        "default_tenant: acme\nrules:\n  - id: hit\n    match: {tenants: [ACME]}\n    decision: allow\n",
-    );
+    let p = policy("default_tenant: acme\nrules:\n  - id: hit\n    match: {tenants: [ACME]}\n    decision: allow\n");
     assert_eq!(p.evaluate(&blank).rule_id, "hit");
     // An empty list is no predicate.
     assert!(matches("tenants: []", &r));
@@ -401,17 +363,11 @@ fn predicate_topics() {
     assert!(!matches("topics: ['job.[^a-c].b.c']", &r));
     assert!(matches("topics: ['job.[!x].b.c']", &r));
     assert!(!matches("topics: [job.a]", &r));
-    assert!(
-        !matches("topics: ['job.[a']", &r),
-        "malformed never matches"
-    );
+    assert!(!matches("topics: ['job.[a']", &r), "malformed never matches");
     assert!(!matches("topics: ['']", &r), "empty pattern never matches");
     assert!(!matches("topics: ['   ']", &r));
     assert!(!matches("topics: ['JOB.*']", &r), "case-sensitive");
-    assert!(
-        !matches("topics: ['job.*']", &req("job.a/b")),
-        "* stops at /"
-    );
+    assert!(!matches("topics: ['job.*']", &req("job.a/b")), "* stops at /");
     // The request topic is trimmed.
     assert!(matches("topics: [job.a]", &req("  job.a ")));
 }
@@ -462,15 +418,9 @@ fn predicate_memberships() {
     assert!(!matches("actor_ids: [svc-2]", &r));
     assert!(matches("actor_types: [service]", &r));
     assert!(!matches("actor_types: [human]", &r));
-    assert!(
-        !matches("pack_ids: [hello-pack]", &req("job.x")),
-        "empty input"
-    );
+    assert!(!matches("pack_ids: [hello-pack]", &req("job.x")), "empty input");
     // All present predicates must hold.
-    assert!(matches(
-        "pack_ids: [hello-pack]\nactor_types: [service]",
-        &r
-    ));
+    assert!(matches("pack_ids: [hello-pack]\nactor_types: [service]", &r));
     assert!(!matches("pack_ids: [hello-pack]\nactor_types: [human]", &r));
 }
 
@@ -484,10 +434,7 @@ fn predicate_agent_risk_tiers_from_label() {
 
 #[test]
 fn predicate_agent_data_classifications_from_label() {
-    let r = with_labels(
-        req("job.x"),
-        &[("agent_data_classifications", "public, pii")],
-    );
+    let r = with_labels(req("job.x"), &[("agent_data_classifications", "public, pii")]);
     assert!(matches("agent_data_classifications: [pii]", &r));
     assert!(!matches("agent_data_classifications: [phi]", &r));
     assert!(!matches("agent_data_classifications: [pii]", &req("job.x")));
@@ -517,10 +464,7 @@ fn predicate_labels_exact() {
     assert!(matches("labels: {env: prod}", &r));
     assert!(matches("labels: {env: prod, team: core}", &r));
     assert!(!matches("labels: {env: Prod}", &r), "case-sensitive");
-    assert!(
-        !matches("labels: {env: prod, region: eu}", &r),
-        "missing label"
-    );
+    assert!(!matches("labels: {env: prod, region: eu}", &r), "missing label");
     assert!(!matches("labels: {Env: prod}", &r));
 }
 
@@ -528,22 +472,13 @@ fn predicate_labels_exact() {
 fn predicate_label_allowlist_is_inverse() {
     let r = with_labels(req("job.x"), &[("region", "us-east"), ("env", "prod")]);
     // Value outside its list: match.
-    assert!(matches(
-        "label_allowlist: {region: [eu-west, eu-central]}",
-        &r
-    ));
+    assert!(matches("label_allowlist: {region: [eu-west, eu-central]}", &r));
     // Inside (case-insensitive): no match.
-    assert!(!matches(
-        "label_allowlist: {region: [US-EAST, eu-west]}",
-        &r
-    ));
+    assert!(!matches("label_allowlist: {region: [US-EAST, eu-west]}", &r));
     // Missing labels are skipped.
     assert!(!matches("label_allowlist: {zone: [a]}", &r));
     // Some present label outside its list is enough.
-    assert!(matches(
-        "label_allowlist: {region: [us-east], env: [dev]}",
-        &r
-    ));
+    assert!(matches("label_allowlist: {region: [us-east], env: [dev]}", &r));
 }
 
 #[test]
@@ -551,15 +486,9 @@ fn predicate_label_threshold() {
     let r = with_labels(req("job.x"), &[("amount", "250.5"), ("note", "n/a")]);
     assert!(matches("label_threshold: {amount: 100}", &r));
     assert!(matches("label_threshold: {amount: 250.4}", &r));
-    assert!(
-        !matches("label_threshold: {amount: 250.5}", &r),
-        "strictly greater"
-    );
+    assert!(!matches("label_threshold: {amount: 250.5}", &r), "strictly greater");
     assert!(!matches("label_threshold: {amount: 1000}", &r));
-    assert!(
-        !matches("label_threshold: {note: 1}", &r),
-        "non-numbers skipped"
-    );
+    assert!(!matches("label_threshold: {note: 1}", &r), "non-numbers skipped");
     assert!(!matches("label_threshold: {missing: 1}", &r));
     assert!(matches("label_threshold: {note: 1, amount: 1}", &r));
 }
@@ -579,18 +508,11 @@ rules:
     decision: require_approval
 "#,
     );
-    let mcp = |server: &str, tool: &str| {
-        with_labels(
-            req("job.mcp.call"),
-            &[("mcp.server", server), ("mcp_tool", tool)],
-        )
-    };
+    let mcp =
+        |server: &str, tool: &str| with_labels(req("job.mcp.call"), &[("mcp.server", server), ("mcp_tool", tool)]);
     // MCP request: only mcp rules apply; deny list (case-insensitive) fails it.
     let d = p.evaluate(&mcp("github", "shell"));
-    assert_eq!(
-        d.rule_id, "",
-        "mcp predicate failed, generic rule not applicable"
-    );
+    assert_eq!(d.rule_id, "", "mcp predicate failed, generic rule not applicable");
     assert_eq!(d.kind, DecisionKind::Allow);
     let d = p.evaluate(&mcp("github", "search"));
     assert_eq!(d.rule_id, "mcp-deny");
@@ -601,11 +523,7 @@ rules:
 
     let e = p.explain(&mcp("github", "shell"));
     assert_eq!(e.trace[0].detail, "mcp tool \"shell\" denied");
-    assert!(
-        e.trace[1].detail.starts_with("not applicable"),
-        "{}",
-        e.trace[1].detail
-    );
+    assert!(e.trace[1].detail.starts_with("not applicable"), "{}", e.trace[1].detail);
 }
 
 #[test]
@@ -623,24 +541,15 @@ rules:
     decision: allow
 "#,
     );
-    let mut r = with_labels(
-        req("job.x"),
-        &[("mcp.server", "evil"), ("mcp.action", "read")],
-    );
+    let mut r = with_labels(req("job.x"), &[("mcp.server", "evil"), ("mcp.action", "read")]);
     r.tenant = "acme".into();
     let d = p.evaluate(&r);
     assert_eq!(d.kind, DecisionKind::Deny);
     assert_eq!(d.reason, "mcp server \"evil\" denied");
-    let mut r = with_labels(
-        req("job.x"),
-        &[("mcp.server", "good"), ("mcp.action", "WRITE")],
-    );
+    let mut r = with_labels(req("job.x"), &[("mcp.server", "good"), ("mcp.action", "WRITE")]);
     r.tenant = "acme".into();
     assert_eq!(p.evaluate(&r).reason, "mcp action \"WRITE\" not allowed");
-    let mut r = with_labels(
-        req("job.x"),
-        &[("mcp.server", "good"), ("mcp.action", "Read")],
-    );
+    let mut r = with_labels(req("job.x"), &[("mcp.server", "good"), ("mcp.action", "Read")]);
     r.tenant = "acme".into();
     assert_eq!(p.evaluate(&r).rule_id, "any-mcp");
     // Another tenant is unaffected.
@@ -690,14 +599,8 @@ rules:
     assert!(e.trace[1].decisive);
 
     let bad = |v: &str| diags(&format!("rules:\n  - id: v\n    velocity: {{{v}}}\n"));
-    assert_eq!(
-        bad("max_requests: 1, window_seconds: 1, key: tenant"),
-        vec![]
-    );
-    assert_eq!(
-        bad("max_requests: 1, window_seconds: 86400, key: topic"),
-        vec![]
-    );
+    assert_eq!(bad("max_requests: 1, window_seconds: 1, key: tenant"), vec![]);
+    assert_eq!(bad("max_requests: 1, window_seconds: 86400, key: topic"), vec![]);
     for v in [
         "max_requests: 0, window_seconds: 60, key: tenant",
         "max_requests: -1, window_seconds: 60, key: tenant",
@@ -719,18 +622,9 @@ rules:
 fn tier_and_selector_validation() {
     let bad = [
         ("tier: workflow\n", "selector is required for workflow tier"),
-        (
-            "tier: job\nselector: {workflow_id: w}\n",
-            "selector is required for job tier",
-        ),
-        (
-            "rules:\n  - id: r\n    tier: workflow\n",
-            "rules[0] (id \"r\"): selector is required for workflow tier",
-        ),
-        (
-            "input_rules:\n  - id: i\n    tier: job\n",
-            "input_rules[0] (id \"i\"): selector is required for job tier",
-        ),
+        ("tier: job\nselector: {workflow_id: w}\n", "selector is required for job tier"),
+        ("rules:\n  - id: r\n    tier: workflow\n", "rules[0] (id \"r\"): selector is required for workflow tier"),
+        ("input_rules:\n  - id: i\n    tier: job\n", "input_rules[0] (id \"i\"): selector is required for job tier"),
     ];
     for (doc, msg) in bad {
         let d = diags(doc);
@@ -750,10 +644,7 @@ fn tier_and_selector_validation() {
     }
     let d = diags("rules:\n  - id: r\n    tier: team\n");
     assert_eq!((d[0].line, d[0].column), (3, 11));
-    assert!(
-        d[0].message
-            .contains("tier \"team\" must be one of: global, workflow, job")
-    );
+    assert!(d[0].message.contains("tier \"team\" must be one of: global, workflow, job"));
 }
 
 #[test]
@@ -763,20 +654,10 @@ fn scoped_rules_apply_only_to_their_selector() {
             "wf",
             "tier: workflow\nselector: {workflow_id: wf-1}\ndefault_decision: allow\nrules:\n  - id: wf-rule\n    match: {topics: [job.a]}\n    decision: require_approval\n",
         ),
-        (
-            "job",
-            "rules:\n  - id: job-rule\n    tier: job\n    selector: {job_id: j-1}\n    decision: throttle\n",
-        ),
-        (
-            "global",
-            "rules:\n  - id: global-rule\n    match: {topics: [job.a]}\n    decision: deny\n",
-        ),
+        ("job", "rules:\n  - id: job-rule\n    tier: job\n    selector: {job_id: j-1}\n    decision: throttle\n"),
+        ("global", "rules:\n  - id: global-rule\n    match: {topics: [job.a]}\n    decision: deny\n"),
     ]);
-    assert_eq!(
-        p.default_decision(),
-        DecisionKind::Deny,
-        "scoped default is not global"
-    );
+    assert_eq!(p.default_decision(), DecisionKind::Deny, "scoped default is not global");
     assert_eq!(p.evaluate(&req("job.a")).rule_id, "global-rule");
     let wf = with_labels(req("job.a"), &[("workflow_id", "wf-1")]);
     assert_eq!(p.evaluate(&wf).rule_id, "wf-rule");
@@ -792,16 +673,8 @@ fn scoped_rules_apply_only_to_their_selector() {
     assert_eq!(p.evaluate(&req("job.b")).kind, DecisionKind::Deny);
 
     let e = p.explain(&req("job.b"));
-    assert!(
-        e.trace[0].detail.starts_with("out of scope: workflow-tier"),
-        "{}",
-        e.trace[0].detail
-    );
-    assert!(
-        e.trace[1].detail.starts_with("out of scope: job-tier"),
-        "{}",
-        e.trace[1].detail
-    );
+    assert!(e.trace[0].detail.starts_with("out of scope: workflow-tier"), "{}", e.trace[0].detail);
+    assert!(e.trace[1].detail.starts_with("out of scope: job-tier"), "{}", e.trace[1].detail);
 }
 
 // ---------------------------------------------------------------------------
@@ -815,11 +688,7 @@ fn unknown_key_diagnostic_has_position() {
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].bundle_id, "b");
     assert_eq!((d[0].line, d[0].column), (6, 7));
-    assert!(
-        d[0].message.contains("unknown field `topicz`"),
-        "{}",
-        d[0].message
-    );
+    assert!(d[0].message.contains("unknown field `topicz`"), "{}", d[0].message);
     assert!(!d[0].message.contains("at line"), "{}", d[0].message);
 
     let d = diags("version: v1\nbogus: 1\n");
@@ -838,16 +707,8 @@ fn bad_decision_diagnostic_has_position() {
     let d = diags(yaml);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!((d[0].line, d[0].column), (5, 15));
-    assert!(
-        d[0].message.contains("decision \"alow\" must be one of"),
-        "{}",
-        d[0].message
-    );
-    assert!(
-        d[0].message.starts_with("rules[1].decision"),
-        "{}",
-        d[0].message
-    );
+    assert!(d[0].message.contains("decision \"alow\" must be one of"), "{}", d[0].message);
+    assert!(d[0].message.starts_with("rules[1].decision"), "{}", d[0].message);
     assert!(load(&[Bundle::new("b", yaml)]).is_err());
 
     let d = diags("output_rules:\n  - id: o\n    decision: block\n");
@@ -896,10 +757,7 @@ fn merge_globals_come_from_the_first_setter() {
     let p = policies(&[
         ("a", "rules: []\n"),
         ("b", "version: v2\ndefault_decision: allow\n"),
-        (
-            "c",
-            "version: v3\ndefault_tenant: acme\ndefault_decision: deny\n",
-        ),
+        ("c", "version: v3\ndefault_tenant: acme\ndefault_decision: deny\n"),
     ]);
     assert_eq!(p.version(), "v2");
     assert_eq!(p.default_tenant(), "acme");
@@ -918,10 +776,7 @@ fn merge_appends_and_replaces_in_place() {
             "rules:\n  - id: four\n    decision: allow\n  - id: two\n    match: {topics: [job.t]}\n    decision: deny\n    reason: pack\n",
         ),
     ]);
-    assert_eq!(
-        p.rule_ids().collect::<Vec<_>>(),
-        ["one", "two", "three", "four"]
-    );
+    assert_eq!(p.rule_ids().collect::<Vec<_>>(), ["one", "two", "three", "four"]);
     assert_eq!(p.rule_count(), 4);
     assert_eq!(p.warnings().len(), 1);
     let e = p.explain(&req("job.t"));
@@ -930,23 +785,14 @@ fn merge_appends_and_replaces_in_place() {
     assert_eq!(e.decision.rule_id, "one");
 
     let p = policies(&[
-        (
-            "base",
-            "rules:\n  - id: two\n    match: {topics: [job.t]}\n    decision: allow\n",
-        ),
-        (
-            "pack",
-            "rules:\n  - id: two\n    match: {topics: [job.t]}\n    decision: deny\n    reason: pack\n",
-        ),
+        ("base", "rules:\n  - id: two\n    match: {topics: [job.t]}\n    decision: allow\n"),
+        ("pack", "rules:\n  - id: two\n    match: {topics: [job.t]}\n    decision: deny\n    reason: pack\n"),
     ]);
     let d = p.evaluate(&req("job.t"));
     assert_eq!((d.kind, d.reason.as_str()), (DecisionKind::Deny, "pack"));
 
     // Rules without ids are never merged.
-    let p = policies(&[
-        ("a", "rules:\n  - decision: allow\n"),
-        ("b", "rules:\n  - decision: deny\n"),
-    ]);
+    let p = policies(&[("a", "rules:\n  - decision: allow\n"), ("b", "rules:\n  - decision: deny\n")]);
     assert_eq!(p.rule_count(), 2);
 }
 
@@ -966,18 +812,10 @@ fn merge_output_and_input_rules() {
             "output_rules:\n  - id: inv-o\n    decision: quarantine\noutput_policy: {enabled: true, fail_mode: closed}\n",
         ),
     ]);
-    let ids: Vec<&str> = p
-        .output_rules()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = p.output_rules().iter().map(|v| v["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["inv-o", "o1", "o2", "o3"]);
     assert_eq!(p.output_rules()[1]["decision"], "quarantine");
-    let ids: Vec<&str> = p
-        .input_rules()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = p.input_rules().iter().map(|v| v["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["i1", "i2"]);
     assert!(p.output_policy_enabled());
     assert_eq!(p.output_fail_mode(), "closed");
@@ -1039,10 +877,7 @@ rules:
     let p = policies(&[("secops/invariants-x", inv), ("pack", pack)]);
     assert_eq!(p.rule_ids().next(), Some("inv-allow"));
     // Invariant globals do not count.
-    let p = policies(&[
-        ("secops/invariants", "default_decision: allow\n"),
-        ("b", ""),
-    ]);
+    let p = policies(&[("secops/invariants", "default_decision: allow\n"), ("b", "")]);
     assert_eq!(p.default_decision(), DecisionKind::Deny);
 }
 
@@ -1084,23 +919,13 @@ tenants:
     assert_eq!(p.evaluate(&r).rule_id, "legacy:acme:deny:2");
     r.topic = "job.build".into();
     let d = p.evaluate(&r);
-    assert_eq!(
-        (d.kind, d.rule_id.as_str(), d.reason.as_str()),
-        (DecisionKind::Allow, "legacy:acme:allow:0", "")
-    );
+    assert_eq!((d.kind, d.rule_id.as_str(), d.reason.as_str()), (DecisionKind::Allow, "legacy:acme:allow:0", ""));
     r.tenant = "zeta".into();
-    assert_eq!(
-        p.evaluate(&r).kind,
-        DecisionKind::Deny,
-        "zeta only allows job.z.*"
-    );
+    assert_eq!(p.evaluate(&r).kind, DecisionKind::Deny, "zeta only allows job.z.*");
     // Any rule turns legacy mode off.
     let p = policies(&[
         ("base", "tenants:\n  acme:\n    allow_topics: [job.*]\n"),
-        (
-            "rules",
-            "rules:\n  - id: only\n    match: {topics: [job.none]}\n    decision: allow\n",
-        ),
+        ("rules", "rules:\n  - id: only\n    match: {topics: [job.none]}\n    decision: allow\n"),
     ]);
     assert!(!p.is_legacy());
     assert_eq!(p.rule_count(), 1);
@@ -1109,15 +934,9 @@ tenants:
 #[test]
 fn example_default_tenant_legacy_rules() {
     // The example's tenants alone (rules stripped) give the legacy rules.
-    let tenants_only = SAFETY_YAML
-        .split("\ndefault_tenant: default\n")
-        .nth(1)
-        .expect("tenants section");
+    let tenants_only = SAFETY_YAML.split("\ndefault_tenant: default\n").nth(1).expect("tenants section");
     let p = policy(&format!("default_tenant: default\n{tenants_only}"));
-    assert_eq!(
-        p.rule_ids().collect::<Vec<_>>(),
-        ["legacy:default:deny:0", "legacy:default:allow:0"]
-    );
+    assert_eq!(p.rule_ids().collect::<Vec<_>>(), ["legacy:default:deny:0", "legacy:default:allow:0"]);
     assert_eq!(p.evaluate(&req("job.anything")).kind, DecisionKind::Allow);
 }
 
@@ -1129,13 +948,9 @@ fn example_default_tenant_legacy_rules() {
 fn explain_twenty_rules_deciding_last() {
     let mut yaml = String::from("default_decision: deny\nrules:\n");
     for i in 0..19 {
-        yaml.push_str(&format!(
-            "  - id: r{i}\n    match:\n      topics: [job.a{i}.*]\n    decision: allow\n"
-        ));
+        yaml.push_str(&format!("  - id: r{i}\n    match:\n      topics: [job.a{i}.*]\n    decision: allow\n"));
     }
-    yaml.push_str(
-        "  - id: r19\n    match:\n      topics: [job.x]\n    decision: deny\n    reason: last\n",
-    );
+    yaml.push_str("  - id: r19\n    match:\n      topics: [job.x]\n    decision: deny\n    reason: last\n");
     let p = policy(&yaml);
     assert_eq!(p.rule_count(), 20);
     let e = p.explain(&req("job.x"));
@@ -1147,10 +962,7 @@ fn explain_twenty_rules_deciding_last() {
         assert_eq!(t.matched, i == 19);
         assert_eq!(t.decisive, i == 19);
     }
-    assert_eq!(
-        e.trace[0].detail,
-        "topics: \"job.x\" matches none of [job.a0.*]"
-    );
+    assert_eq!(e.trace[0].detail, "topics: \"job.x\" matches none of [job.a0.*]");
     assert_eq!(e.trace[19].detail, "matched: decision deny");
     assert_eq!(e.decision, p.evaluate(&req("job.x")));
     assert_eq!(e.decision.reason, "last");
@@ -1185,14 +997,8 @@ rules:
     let details: Vec<&str> = e.trace.iter().map(|t| t.detail.as_str()).collect();
     assert_eq!(details[0], "tenants: \"globex\" is not one of [acme]");
     assert_eq!(details[1], "capabilities: \"read\" is not one of [admin]");
-    assert_eq!(
-        details[2],
-        "labels: label \"env\" is \"dev\", rule wants \"prod\""
-    );
-    assert_eq!(
-        details[3],
-        "requires: \"docker\" is missing from request requires [git]"
-    );
+    assert_eq!(details[2], "labels: label \"env\" is \"dev\", rule wants \"prod\"");
+    assert_eq!(details[3], "requires: \"docker\" is missing from request requires [git]");
     assert_eq!(details[4], "matched: decision throttle");
     assert_eq!(details[5], "matched, but rule \"first\" decided first");
     assert!(e.trace[5].matched && !e.trace[5].decisive);
@@ -1208,10 +1014,7 @@ fn explain_defaulted_has_no_decisive_entry() {
     assert_eq!(e.trace.len(), 1);
     assert!(!e.trace[0].matched && !e.trace[0].decisive);
     assert_eq!(e.decision.kind, DecisionKind::Allow);
-    assert_eq!(
-        e.decision.reason,
-        "no matching rule — default policy: allow"
-    );
+    assert_eq!(e.decision.reason, "no matching rule — default policy: allow");
 }
 
 #[test]
@@ -1238,8 +1041,7 @@ fn evaluate_and_explain_agree_on_the_example() {
 
 #[test]
 fn request_serde_defaults() {
-    let r: Request =
-        serde_json::from_value(json!({"topic": "job.x", "labels": {"a": "b"}})).unwrap();
+    let r: Request = serde_json::from_value(json!({"topic": "job.x", "labels": {"a": "b"}})).unwrap();
     assert_eq!(r.topic, "job.x");
     assert_eq!(r.labels, BTreeMap::from([("a".to_owned(), "b".to_owned())]));
     assert!(r.risk_tags.is_empty());
@@ -1256,25 +1058,12 @@ fn base_policy_plus_pack_fragment() {
     let p = policies(&[("base", SAFETY_YAML), ("hello-pack/safety", pack)]);
     assert_eq!(p.rule_count(), 15);
     let d = p.evaluate(&req("job.hello-pack.echo"));
-    assert_eq!(
-        (d.kind, d.rule_id.as_str()),
-        (DecisionKind::Allow, "hello-pack-allow")
-    );
-    assert_eq!(
-        p.evaluate(&req("job.hello-pack.other")).kind,
-        DecisionKind::Deny
-    );
+    assert_eq!((d.kind, d.rule_id.as_str()), (DecisionKind::Allow, "hello-pack-allow"));
+    assert_eq!(p.evaluate(&req("job.hello-pack.other")).kind, DecisionKind::Deny);
     // A secops invariant denying the pack topic wins over the pack allow.
     let inv = "rules:\n  - id: freeze\n    match: {topics: [\"job.hello-pack.*\"]}\n    decision: deny\n    reason: change freeze\n";
-    let p = policies(&[
-        ("base", SAFETY_YAML),
-        ("hello-pack/safety", pack),
-        ("secops/invariants", inv),
-    ]);
+    let p = policies(&[("base", SAFETY_YAML), ("hello-pack/safety", pack), ("secops/invariants", inv)]);
     let d = p.evaluate(&req("job.hello-pack.echo"));
-    assert_eq!(
-        (d.rule_id.as_str(), d.reason.as_str()),
-        ("freeze", "change freeze")
-    );
+    assert_eq!((d.rule_id.as_str(), d.reason.as_str()), ("freeze", "change freeze"));
     assert_eq!(p.explain(&req("job.hello-pack.echo")).trace[0].position, 0);
 }

@@ -3,8 +3,8 @@
 //! Owns only the WIT boundary: it converts between the `cordum:policy`
 //! types and [`cordum_policy_engine`]'s, and keeps the active policy in
 //! instance state. `load` replaces that policy only when every bundle is
-//! valid; `evaluate` and `explain` answer `no-policy` until a load has
-//! succeeded. All policy semantics live in the engine crate.
+//! valid; `evaluate`, `explain` and `check-output` answer `no-policy` until a
+//! load has succeeded. All policy semantics live in the engine crate.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -19,8 +19,8 @@ wit_bindgen::generate!({
 
 use cordum::host::log::{Level, log};
 use cordum::policy::types::{
-    Bundle, Decision, DecisionKind, Diagnostic, Explanation, Label, PolicyError, PolicyInfo,
-    Remediation, Request, TraceEntry,
+    Bundle, Decision, DecisionKind, Diagnostic, Explanation, Finding, Label, OutputDecision, OutputDecisionKind,
+    OutputRequest, PolicyError, PolicyInfo, Remediation, Request, TraceEntry,
 };
 use exports::cordum::policy::evaluator::Guest;
 
@@ -46,17 +46,12 @@ impl Guest for Plugin {
                 POLICY.with(|p| *p.borrow_mut() = Some(policy));
                 Ok(info)
             }
-            Err(diags) => Err(PolicyError::InvalidBundle(
-                diags.into_iter().map(diag_to_wit).collect(),
-            )),
+            Err(diags) => Err(PolicyError::InvalidBundle(diags.into_iter().map(diag_to_wit).collect())),
         }
     }
 
     fn check(bundles: Vec<Bundle>) -> Vec<Diagnostic> {
-        engine::check(&to_engine_bundles(bundles))
-            .into_iter()
-            .map(diag_to_wit)
-            .collect()
+        engine::check(&to_engine_bundles(bundles)).into_iter().map(diag_to_wit).collect()
     }
 
     fn evaluate(request: Request) -> Result<Decision, PolicyError> {
@@ -73,16 +68,29 @@ impl Guest for Plugin {
             }
         })
     }
+
+    fn check_output(request: OutputRequest) -> Result<OutputDecision, PolicyError> {
+        POLICY.with(|p| {
+            let guard = p.borrow();
+            let policy = guard.as_ref().ok_or(PolicyError::NoPolicy)?;
+            let req = engine::OutputRequest {
+                topic: request.topic,
+                tenant: request.tenant,
+                capability: request.capability,
+                risk_tags: request.risk_tags,
+                output: request.output,
+                error: request.error,
+            };
+            Ok(output_decision_to_wit(policy.check_output(&req)))
+        })
+    }
 }
 
 export!(Plugin);
 
 /// Run `f` against the active policy: `no-policy` before any load, and
 /// `invalid-request` for a request without a topic.
-fn with_policy<T>(
-    request: Request,
-    f: impl FnOnce(&engine::Policy, &engine::Request) -> T,
-) -> Result<T, PolicyError> {
+fn with_policy<T>(request: Request, f: impl FnOnce(&engine::Policy, &engine::Request) -> T) -> Result<T, PolicyError> {
     POLICY.with(|p| {
         let guard = p.borrow();
         let policy = guard.as_ref().ok_or(PolicyError::NoPolicy)?;
@@ -94,13 +102,7 @@ fn with_policy<T>(
 }
 
 fn to_engine_bundles(bundles: Vec<Bundle>) -> Vec<engine::Bundle> {
-    bundles
-        .into_iter()
-        .map(|b| engine::Bundle {
-            id: b.id,
-            content: b.content,
-        })
-        .collect()
+    bundles.into_iter().map(|b| engine::Bundle { id: b.id, content: b.content }).collect()
 }
 
 /// Labels become a map; a repeated key keeps its last value.
@@ -109,10 +111,7 @@ fn labels_to_map(labels: Vec<Label>) -> BTreeMap<String, String> {
 }
 
 fn labels_from_map(labels: BTreeMap<String, String>) -> Vec<Label> {
-    labels
-        .into_iter()
-        .map(|(key, value)| Label { key, value })
-        .collect()
+    labels.into_iter().map(|(key, value)| Label { key, value }).collect()
 }
 
 fn request_to_engine(r: Request) -> engine::Request {
@@ -165,20 +164,28 @@ fn remediation_to_wit(r: engine::Remediation) -> Remediation {
 }
 
 fn trace_to_wit(t: engine::TraceEntry) -> TraceEntry {
-    TraceEntry {
-        rule_id: t.rule_id,
-        position: t.position,
-        matched: t.matched,
-        decisive: t.decisive,
-        detail: t.detail,
-    }
+    TraceEntry { rule_id: t.rule_id, position: t.position, matched: t.matched, decisive: t.decisive, detail: t.detail }
 }
 
 fn diag_to_wit(d: engine::Diagnostic) -> Diagnostic {
-    Diagnostic {
-        bundle_id: d.bundle_id,
-        line: d.line,
-        column: d.column,
-        message: d.message,
+    Diagnostic { bundle_id: d.bundle_id, line: d.line, column: d.column, message: d.message }
+}
+
+fn output_decision_to_wit(d: engine::OutputDecision) -> OutputDecision {
+    OutputDecision {
+        kind: match d.kind {
+            engine::OutputDecisionKind::Allow => OutputDecisionKind::Allow,
+            engine::OutputDecisionKind::Redact => OutputDecisionKind::Redact,
+            engine::OutputDecisionKind::Quarantine => OutputDecisionKind::Quarantine,
+            engine::OutputDecisionKind::Deny => OutputDecisionKind::Deny,
+        },
+        rule_id: d.rule_id,
+        reason: d.reason,
+        findings: d
+            .findings
+            .into_iter()
+            .map(|f| Finding { kind: f.kind, detail: f.detail, matched: f.matched, offset: f.offset, length: f.length })
+            .collect(),
+        redacted_output: d.redacted_output,
     }
 }
