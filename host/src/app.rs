@@ -55,6 +55,11 @@ impl App {
     pub async fn start(args: &ServeArgs) -> anyhow::Result<(Arc<App>, StartReport)> {
         let data = &args.data_dir;
         std::fs::create_dir_all(data)?;
+        // Job inputs, results and key digests live here: owner only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
+        }
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(data)?);
         let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
         let limits = args.limits.resolve();

@@ -37,7 +37,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(key) = &report.generated_key {
         // Printed once, on the first start; only its digest is stored.
         println!("CORDUM_BOOTSTRAP_API_KEY={key}");
-        eprintln!("Generated the bootstrap admin API key (shown once, stored only as a hash):\n  {key}");
+        eprintln!("Generated the bootstrap admin API key; it is printed once, on stdout, and stored only as a hash.");
     }
     for pack in &report.installed {
         tracing::info!(%pack, "installed default pack");
@@ -51,7 +51,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "cordum gateway listening");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    axum::serve(listener, cordum::http::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+    cordum::http::serve::serve(listener, cordum::http::router(app), args.max_connections, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "GATEWAY_MAX_JSON_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Connections served at once (more wait in the accept queue).
+    #[arg(long, env = "CORDUM_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     /// How long an idempotency key is remembered, in seconds (default 24 h).
     #[arg(long, env = "CORDUM_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
     pub idempotency_ttl_seconds: u64,

@@ -213,11 +213,21 @@ impl AuthService {
             source: source.into(),
             created_at: Utc::now(),
         };
-        let marker = serde_json::json!({"key_id": record.key_id, "created_at": record.created_at});
-        self.store
-            .apply(vec![Op::put_json(store_key(&d), &record), Op::put_json(BOOTSTRAP_MARKER, &marker)])
+        // There is one bootstrap key: a new one revokes the previous one.
+        let previous = self
+            .store
+            .get(BOOTSTRAP_MARKER)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .and_then(|e| e.json::<serde_json::Value>().ok())
+            .and_then(|m| m.get("digest").and_then(|d| d.as_str()).map(str::to_string));
+        let marker = serde_json::json!({"key_id": record.key_id, "digest": d, "created_at": record.created_at});
+        let mut ops = vec![Op::put_json(store_key(&d), &record), Op::put_json(BOOTSTRAP_MARKER, &marker)];
+        if let Some(old) = previous.filter(|old| *old != d) {
+            ops.push(Op::Delete { key: store_key(&old) });
+            tracing::info!("the bootstrap key changed; the previous one is revoked");
+        }
+        self.store.apply(ops).await.map_err(|e| e.to_string())?;
         Ok(())
     }
 

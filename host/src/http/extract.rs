@@ -27,8 +27,10 @@ async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::too_large(limit));
     }
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        let ct = ct.to_ascii_lowercase();
-        if !ct.starts_with("application/json") && !ct.contains("+json") && !ct.starts_with("text/plain") {
+        // Like upstream, any body that parses as JSON is taken (curl -d sends
+        // form encoding by default); only multipart is clearly not JSON.
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence.starts_with("multipart/") {
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json")
                 .code("unsupported_media_type"));
         }
@@ -71,6 +73,11 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, ApiErro
             return serde_json::from_slice(b"{}").map_err(json_error);
         }
         return Err(ApiError::bad_request("request body is required").code("invalid_json"));
+    }
+    // Every body of this API is an object (serde would also map an array
+    // onto a struct's fields by position).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("request body must be a JSON object").code("invalid_json"));
     }
     serde_json::from_slice(bytes).map_err(json_error)
 }

@@ -59,6 +59,11 @@ pub fn job_error(e: JobError) -> ApiError {
         }
         JobError::NotFound => ApiError::not_found("job not found"),
         JobError::NotFoundWhat(what) => ApiError::not_found(what),
+        JobError::PrincipalMismatch(field) => {
+            ApiError::forbidden(format!("{field} does not match the credential's principal"))
+                .code("principal_mismatch")
+                .with("field", field)
+        }
         JobError::Raced => ApiError::new(StatusCode::CONFLICT, "another request changed this at the same time; retry")
             .code("conflict_retryable")
             .with("retryable", true),
@@ -79,38 +84,39 @@ pub fn job_error(e: JobError) -> ApiError {
 
 /// The one idempotency key of a request, from any of the accepted places.
 fn idempotency_key(headers: &HeaderMap, query: Option<&str>, body: &SubmitJob) -> Result<Option<String>, ApiError> {
+    let invalid = |m: &str| ApiError::bad_request(m.to_string()).code("invalid_request");
     let mut keys: Vec<String> = Vec::new();
     for name in ["idempotency-key", "x-idempotency-key"] {
-        if let Some(v) = headers.get(name) {
-            keys.push(
-                v.to_str().map_err(|_| ApiError::bad_request("idempotency key must be visible ASCII"))?.to_string(),
-            );
+        for v in headers.get_all(name) {
+            keys.push(v.to_str().map_err(|_| invalid("idempotency key must be visible ASCII"))?.to_string());
         }
     }
     if let Some(q) = query {
         for pair in q.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             if k == "idempotency_key" || k == "idempotency-key" {
-                keys.push(percent_decode(v));
+                keys.push(percent_decode(v).ok_or_else(|| invalid("idempotency key in the query is not valid UTF-8"))?);
             }
         }
     }
     keys.extend(body.idempotency_key.clone());
     keys.extend(body.meta.as_ref().and_then(|m| m.idempotency_key.clone()));
     let mut keys: Vec<String> = keys.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
-    keys.dedup();
+    if keys.iter().any(|k| k.chars().any(char::is_control)) {
+        return Err(invalid("idempotency key must not contain control characters"));
+    }
     keys.sort();
     keys.dedup();
     match keys.len() {
         0 => Ok(None),
         1 if keys[0].len() <= MAX_IDEMPOTENCY_KEY => Ok(keys.pop()),
-        1 => Err(ApiError::bad_request(format!("idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes"))
-            .code("invalid_request")),
-        _ => Err(ApiError::bad_request("different idempotency keys given in one request").code("invalid_request")),
+        1 => Err(invalid(&format!("idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes"))),
+        _ => Err(invalid("different idempotency keys given in one request")),
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decode `%XX` escapes and `+`; `None` when the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -133,7 +139,7 @@ fn percent_decode(s: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 pub async fn submit(

@@ -92,11 +92,50 @@ pub async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: N
         Ok(a) => a,
         Err(e) => return auth_error(e).into_response(),
     };
-    let header = req.headers().get("x-tenant-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = match req.headers().get("x-tenant-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v.to_string()),
+        Some(Err(_)) => return auth_error(AuthError::InvalidTenant).into_response(),
+    };
     let tenant = match resolve_tenant(&auth, header.as_deref()) {
         Ok(t) => t,
         Err(e) => return auth_error(e).into_response(),
     };
     req.extensions_mut().insert(Caller { auth, tenant });
     next.run(req).await
+}
+
+/// Error responses produced below the handlers (axum's own rejections,
+/// timeouts) are plain text; give them the JSON envelope too.
+pub async fn envelope_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_ascii_lowercase()
+    } else if status.is_server_error() {
+        tracing::warn!(%status, detail = %text, "error below the handlers");
+        status.canonical_reason().unwrap_or("internal error").to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
 }

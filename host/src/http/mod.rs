@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod middleware;
 pub mod policy;
 pub mod pools;
+pub mod serve;
 pub mod system;
 
 use crate::app::App;
@@ -51,7 +52,12 @@ pub fn router(app: Arc<App>) -> Router {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::authenticate))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            serve::REQUEST_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::body_limit))
+        .layer(axum::middleware::from_fn(middleware::envelope_errors))
         .layer(axum::middleware::from_fn(middleware::security_headers))
         .layer(axum::middleware::from_fn(middleware::request_id))
         .with_state(app)

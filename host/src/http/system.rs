@@ -42,6 +42,10 @@ pub async fn status(State(app): State<Arc<App>>, caller: Caller) -> impl IntoRes
         "tenant": caller.tenant,
     });
     if caller.auth.role == Role::Admin {
+        body["jobs"] = json!({
+            "running": app.dispatcher.running_count(),
+            "waiting_readers": app.jobs.repo().waiters().len(),
+        });
         body["runtime"] = json!({
             "epoch_tick_ms": app.runtime.limits.epoch_tick.as_millis() as u64,
             "plugin_memory_bytes": app.runtime.limits.plugin.memory_bytes,

@@ -277,6 +277,7 @@ impl JobService {
             links: JobLinks { repair_of: Some(job.id.clone()), ..Default::default() },
             ops: vec![Op::PutIfAbsent { key: format!("repair:{tenant}:{id}"), value: b"1".to_vec(), ttl: None }],
             job_id: None,
+            resubmission: true,
         };
         let outcome = match self.submit_with(caller, tenant, body, None, extras).await {
             Err(JobError::Raced) => {

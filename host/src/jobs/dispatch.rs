@@ -31,6 +31,8 @@ use std::time::Duration;
 
 /// Largest output a component may return.
 const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Restarts a running job survives beyond its own retries.
+const MAX_RESTART_RECOVERIES: u32 = 2;
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -354,14 +356,30 @@ impl Dispatcher {
         for id in self.repo.in_flight().await.map_err(|e| e.to_string())? {
             let updated = self
                 .repo
-                .update(&id, |j| match j.state {
-                    JobState::Running => {
-                        j.transition(JobState::Retrying, Some("gateway restarted".into())).is_ok()
-                            && j.transition(JobState::Scheduled, None).is_ok()
-                    }
-                    JobState::Retrying => j.transition(JobState::Scheduled, Some("gateway restarted".into())).is_ok(),
-                    _ => false,
-                })
+                .update_with(
+                    &id,
+                    |j| match j.state {
+                        // A job that keeps being interrupted by restarts (one that
+                        // crashes the host, say) stops being retried.
+                        JobState::Running if j.attempts > j.max_retries + MAX_RESTART_RECOVERIES => {
+                            j.error = Some(JobFailure {
+                                code: "interrupted".into(),
+                                message: format!("interrupted by {} gateway restarts", j.attempts),
+                            });
+                            j.transition(JobState::Failed, Some("gateway restarted too often during this job".into()))
+                                .is_ok()
+                        }
+                        JobState::Running => {
+                            j.transition(JobState::Retrying, Some("gateway restarted".into())).is_ok()
+                                && j.transition(JobState::Scheduled, None).is_ok()
+                        }
+                        JobState::Retrying => {
+                            j.transition(JobState::Scheduled, Some("gateway restarted".into())).is_ok()
+                        }
+                        _ => false,
+                    },
+                    |j| if j.state == JobState::Failed { vec![DlqEntry::from_job(j).put_op()] } else { Vec::new() },
+                )
                 .await;
             match updated {
                 Ok((job, _)) if job.state == JobState::Scheduled => {

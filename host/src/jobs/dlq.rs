@@ -125,6 +125,7 @@ impl JobService {
                 },
             ],
             job_id: Some(new_id.clone()),
+            resubmission: true,
         };
         let outcome = match self.submit_with(caller, tenant, resubmission(&job), None, extras).await {
             Err(JobError::Raced) => {

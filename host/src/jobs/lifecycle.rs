@@ -163,6 +163,7 @@ impl JobService {
             links: JobLinks { remediation_of: Some(job.id.clone()), ..Default::default() },
             ops: Vec::new(),
             job_id: None,
+            resubmission: true,
         };
         let outcome = self.submit_with(caller, tenant, body, None, extras).await?;
         let new_id = outcome_job_id(&outcome).to_string();

@@ -391,7 +391,10 @@ impl PoolManager {
                 self.install(config);
             }
             None => {
-                let config = PoolConfig::new(pack_id, vec![pack_id.to_string()], default_concurrency.max(1));
+                let mut config = PoolConfig::new(pack_id, vec![pack_id.to_string()], default_concurrency.max(1));
+                // By default one tenant may hold at most half of a pool, so a
+                // burst from one tenant cannot starve the others.
+                config.tenant_share = Some((default_concurrency / 2).max(1));
                 self.create_stored(config).await?;
             }
         }

@@ -63,6 +63,15 @@ impl Waiters {
         rx
     }
 
+    /// Jobs someone is waiting on (for status).
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.lock().is_empty()
+    }
+
     /// Drop waiters that gave up.
     pub fn prune(&self, id: &str) {
         let mut map = self.map.lock();

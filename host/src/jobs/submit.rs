@@ -26,9 +26,11 @@ use std::time::Duration;
 
 const MAX_LABELS: usize = 50;
 const MAX_TAGS: usize = 50;
+/// Longest job id (UUIDs and `<uuid>-retry-<hex>` fit easily).
+const MAX_JOB_ID: usize = 128;
 
 /// `meta` block of a submit (upstream JobMetadata).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitMeta {
     #[serde(default)]
@@ -153,6 +155,8 @@ pub enum JobError {
     Store(String),
     #[error("another request changed this at the same time")]
     Raced,
+    #[error("{0} does not match the credential's principal")]
+    PrincipalMismatch(&'static str),
     #[error("{message}")]
     Conflict { code: &'static str, message: String, state: Option<JobState> },
     #[error("{0}")]
@@ -209,6 +213,9 @@ pub(super) struct SubmitExtras {
     pub ops: Vec<Op>,
     /// Use this id instead of a fresh UUID.
     pub job_id: Option<String>,
+    /// The body re-submits a stored job: keep its principal and actor even
+    /// though the caller is someone else (an approver, an operator).
+    pub resubmission: bool,
 }
 
 fn clean(s: &Option<String>) -> String {
@@ -336,10 +343,16 @@ impl JobService {
 
         // Idempotency: same key + same payload replays, another payload conflicts.
         let request_hash = {
-            let mut canonical = serde_json::to_value(&body).map_err(|e| JobError::Invalid(e.to_string()))?;
-            if let Some(obj) = canonical.as_object_mut() {
-                obj.remove("idempotency_key");
+            // The key itself is not part of the payload, wherever it was given.
+            let mut normalized = body.clone();
+            normalized.idempotency_key = None;
+            if let Some(meta) = normalized.meta.as_mut() {
+                meta.idempotency_key = None;
             }
+            if normalized.meta.as_ref().is_some_and(|m| *m == SubmitMeta::default()) {
+                normalized.meta = None;
+            }
+            let canonical = serde_json::to_value(&normalized).map_err(|e| JobError::Invalid(e.to_string()))?;
             hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
         };
         let raw_idempotency_key = idempotency_key.clone();
@@ -384,9 +397,31 @@ impl JobService {
 
         let job_id = extras.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let trace_id = uuid::Uuid::new_v4().to_string();
+        // A credential bound to a principal speaks for that principal only
+        // (cross-tenant operator keys may act for others).
+        if let Some(bound) =
+            caller.principal_id.as_deref().filter(|_| !caller.allow_cross_tenant && !extras.resubmission)
+        {
+            for (field, value) in
+                [("principal_id", &body.principal_id), ("actor_id", &body.actor_id), ("meta.actor_id", &meta.actor_id)]
+            {
+                let value = clean(value);
+                if !value.is_empty() && value != bound {
+                    return Err(JobError::PrincipalMismatch(field));
+                }
+            }
+        }
         let principal = clean(&body.principal_id).or_else_nonempty(caller.principal_id.clone().unwrap_or_default());
         let actor_id =
             clean(&body.actor_id).or_else_nonempty(clean(&meta.actor_id)).or_else_nonempty(principal.clone());
+        for claimed in [clean(&body.capability), clean(&meta.capability)] {
+            if !claimed.is_empty() && !entry.capability.is_empty() && !claimed.eq_ignore_ascii_case(&entry.capability) {
+                return Err(JobError::Invalid(format!(
+                    "capability {claimed:?} does not match topic {topic}'s capability {:?}",
+                    entry.capability
+                )));
+            }
+        }
         let capability = clean(&body.capability)
             .or_else_nonempty(clean(&meta.capability))
             .or_else_nonempty(entry.capability.clone());
@@ -512,6 +547,9 @@ impl JobService {
 
     /// A job of `tenant`; another tenant's job answers exactly like a missing one.
     pub async fn get(&self, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
+        if id.is_empty() || id.len() > MAX_JOB_ID {
+            return Err(JobError::NotFound);
+        }
         match self.repo.get(id).await? {
             Some((job, _)) if job.tenant == tenant => Ok(job),
             _ => Err(JobError::NotFound),
@@ -521,16 +559,22 @@ impl JobService {
     /// Like [`get`](Self::get), but waits up to `wait` for the job to reach
     /// a terminal state (long polling).
     pub async fn get_when_done(&self, tenant: &str, id: &str, wait: Duration) -> Result<JobRecord, JobError> {
-        let done = self.repo.waiters().register(id);
+        // Only a job the caller may see gets a waiter (a missing or foreign
+        // id must not leave anything behind).
         let job = self.get(tenant, id).await?;
         if job.state.is_terminal() || wait.is_zero() {
-            self.repo.waiters().prune(id);
             return Ok(job);
         }
-        let finished = tokio::time::timeout(wait, done).await;
-        if finished.is_err() {
-            self.repo.waiters().prune(id);
+        let done = self.repo.waiters().register(id);
+        // Re-read after registering so a finish in between is not missed.
+        let again = self.get(tenant, id).await;
+        if matches!(&again, Ok(job) if !job.state.is_terminal()) {
+            let _ = tokio::time::timeout(wait, done).await;
+        } else {
+            drop(done);
         }
+        self.repo.waiters().prune(id);
+        again?;
         self.get(tenant, id).await
     }
 }

@@ -123,3 +123,102 @@ impl PolicyService {
         Ok(OutputVerdict::from_wit(decision, &snapshot.id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Runtime, World};
+    use crate::settings::RuntimeLimits;
+    use crate::store::Store;
+    use crate::store::embedded::EmbeddedStore;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    /// The reference policy: output rules for secrets, PII, injection, size.
+    const SAFETY: &str = include_str!("../../../plugins/policy-engine/tests/data/safety.yaml");
+
+    fn service(tmp: &std::path::Path, base: &str) -> PolicyService {
+        std::fs::create_dir_all(tmp).expect("data dir");
+        let rt = Runtime::new(&tmp.join("cache"), RuntimeLimits::default()).expect("runtime");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(tmp).expect("store"));
+        let comp = rt.load(crate::app::POLICY_RULES_WASM, World::Policy).expect("load policy component");
+        let svc = PolicyService::new(rt, comp, store, Some(("base".into(), base.to_owned())));
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+        tokio.block_on(svc.reload()).expect("reload policy");
+        svc
+    }
+
+    fn check(topic: &str, output: &str) -> OutputCheck {
+        OutputCheck { topic: topic.into(), tenant: "default".into(), output: output.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn check_output_runs_in_the_policy_component() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let svc = service(tmp.path(), SAFETY);
+
+        let v = svc.check_output("default", &check("job.x", r#"{"log": "key AKIAIOSFODNN7EXAMPLE"}"#)).unwrap();
+        assert_eq!(v.decision, OutputDecisionKind::Quarantine);
+        assert_eq!(v.rule_id, "output-secret-leak");
+        assert_eq!(v.policy_snapshot, svc.active().id);
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["decision"], "QUARANTINE");
+        assert_eq!(json["findings"][0]["type"], "secret");
+        assert_eq!(json["findings"][0]["matched"], "aws_access_key_id");
+        assert!(json.get("redacted_output").is_none());
+        let back: OutputVerdict = serde_json::from_value(json).unwrap();
+        assert_eq!(back, v);
+
+        let v = svc.check_output("default", &check("job.x", r#"{"ok": true}"#)).unwrap();
+        assert_eq!((v.decision, v.rule_id.as_str()), (OutputDecisionKind::Allow, ""));
+
+        let mut failed = check("job.x", r#"{"trace": "password=hunter2hunter2"}"#);
+        failed.error = "EXIT_1".into();
+        // The secret rule comes first and matches regardless of the error.
+        assert_eq!(svc.check_output("default", &failed).unwrap().rule_id, "output-secret-leak");
+
+        let svc = service(
+            &tmp.path().join("redact"),
+            "output_rules:\n  - id: mask\n    match: {scanners: [pii]}\n    decision: redact\n  - id: stop\n    match: {keywords: [forbidden]}\n    decision: deny\n",
+        );
+        let v = svc.check_output("default", &check("job.x", r#"{"user": {"mail": "x@y.io"}}"#)).unwrap();
+        assert_eq!(v.decision, OutputDecisionKind::Redact);
+        assert_eq!(v.redacted_output, Some(serde_json::json!({"user": {"mail": "[REDACTED]"}})));
+        let v = svc.check_output("default", &check("job.x", r#"["Forbidden fruit"]"#)).unwrap();
+        assert_eq!((v.decision, v.rule_id.as_str()), (OutputDecisionKind::Deny, "stop"));
+        assert_eq!(serde_json::to_value(v.decision).unwrap(), "DENY");
+    }
+
+    /// Large outputs under the default sandbox limits (1 s, 64 MiB): run with
+    /// `cargo test -p cordum --lib policy::output -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing probe; wall-clock deadline, run by hand"]
+    fn large_outputs_fit_the_default_limits() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let svc = service(tmp.path(), SAFETY);
+        let one = serde_json::to_string(&"lorem ipsum dolor sit amet, 12345 ".repeat(300_000)).unwrap();
+        let many: Vec<String> = (0..400_000).map(|i| format!("line {i}\nnext")).collect();
+        let many = serde_json::to_string(&many).unwrap();
+        let mut hit: Vec<String> = (0..400_000).map(|i| format!("line {i}\nnext")).collect();
+        hit.push("mail me: a@b.io".into());
+        let hit = serde_json::to_string(&hit).unwrap();
+        let text = "plain text é ü with an ssn 123-45-6789 and more ".repeat(150_000);
+        for (name, topic, output) in [
+            ("10 MB string", "job.x", &one),
+            ("400k escaped strings", "job.x", &many),
+            ("400k strings + PII hit", "job.mkt-authority.x", &hit),
+            ("7 MB plain text + PII", "job.mkt-authority.x", &text),
+        ] {
+            let start = Instant::now();
+            let v = svc.check_output("default", &check(topic, output)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            println!(
+                "{name}: {} bytes in {:?}: {:?} {} ({} findings)",
+                output.len(),
+                start.elapsed(),
+                v.decision,
+                v.rule_id,
+                v.findings.len()
+            );
+        }
+    }
+}

@@ -227,14 +227,20 @@ fn luhn(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-fn credential_value(key: &str, value: &str) -> bool {
+/// Whether a string value under a credential key looks like a credential:
+/// 8+ characters, no blanks, not a mask.
+fn credential_value(value: &str) -> bool {
     let v = value.trim();
-    v.chars().count() >= 8
+    v.len() >= 8
+        && v.chars().count() >= 8
         && !v.chars().any(char::is_whitespace)
         && v != REDACTED
         && !v.chars().all(|c| c == '*' || c == 'x' || c == 'X')
-        && CREDENTIAL_KEY.is_match(key)
 }
+
+/// A loose pre-check for [`CREDENTIAL_KEY`] over a whole text.
+static CREDENTIAL_HINT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)key|secret|token|passw|pwd").expect("credential hint pattern"));
 
 // ---------------------------------------------------------------------------
 // Compiled rules
@@ -444,7 +450,7 @@ impl OutputRule {
                 }
             }
         }
-        let secret_fields = self.scanners.contains(&Scanner::Secret);
+        let secret_fields = self.scanners.contains(&Scanner::Secret) && content.credential_hint();
         // Which present kinds have findings: patterns, keywords, scanners.
         let want = [!self.patterns.is_empty(), !self.keywords.is_empty(), self.wants_scanners];
         if (want[0] && patterns.is_empty())
@@ -455,10 +461,13 @@ impl OutputRule {
         }
         let satisfied = |have: &[bool; 3]| want.iter().zip(have).all(|(w, h)| !w || *h);
 
-        let mut scan = Scan::new(content.lits.len(), redact);
+        content.ensure_lits();
+        let content = &*content;
+        let lits = content.lits.as_ref()?;
+        let mut scan = Scan::new(lits.lits.len(), redact);
         let mut have = [false; 3];
-        for (li, lit) in content.lits.iter().enumerate() {
-            let text = lit.value.as_ref();
+        for (li, lit) in lits.lits.iter().enumerate() {
+            let text = content.value(lit);
             if text.is_empty() {
                 continue;
             }
@@ -482,8 +491,8 @@ impl OutputRule {
                 }
             }
             if secret_fields
-                && let Some(key) = lit.key.as_deref()
-                && credential_value(key, text)
+                && credential_value(text)
+                && content.key(lits, lit).is_some_and(|k| CREDENTIAL_KEY.is_match(&k))
             {
                 have[2] = true;
                 let kind = Kind::Scanner(Scanner::Secret);
@@ -556,39 +565,55 @@ impl Scan {
 // ---------------------------------------------------------------------------
 
 /// One string to scan: a JSON string value, or the whole plain-text output.
-struct Lit<'a> {
+struct Lit {
     /// Byte range of the whole token in the output (quotes included for
     /// JSON literals).
     token: (usize, usize),
-    /// Offset of the first content byte (after the opening quote).
-    content_start: usize,
-    value: Cow<'a, str>,
-    /// Decoded byte index -> raw byte offset from `content_start`
-    /// (`value.len() + 1` entries); `None` when the two coincide.
-    map: Option<Vec<u32>>,
-    /// The object key this value sits under (array items inherit it).
-    key: Option<String>,
-    /// JSON path (`$.a.b[0]`); empty for plain text.
-    path: String,
+    /// The decoded value: a byte range of `Content::haystack`.
+    value: (usize, usize),
+    /// Enclosing container (index into the node list, [`NO_NODE`] at the
+    /// top level).
+    node: usize,
+    /// The value's place in that container.
+    seg: Seg,
 }
 
-impl Lit<'_> {
-    fn raw(&self, decoded: usize) -> usize {
-        match &self.map {
-            Some(m) => m.get(decoded).copied().unwrap_or(0) as usize,
-            None => decoded,
-        }
-    }
+/// Where a value sits in its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    /// The whole output (plain text).
+    Text,
+    /// The top-level JSON value.
+    Root,
+    /// Under a key: the byte range of the key literal's content.
+    Key(usize, usize),
+    Index(usize),
+}
+
+const NO_NODE: usize = usize::MAX;
+
+/// A JSON object or array: its container and its place there.
+struct Node {
+    parent: usize,
+    seg: Seg,
+}
+
+/// The string values of the output, with their containers.
+struct Lits {
+    lits: Vec<Lit>,
+    nodes: Vec<Node>,
 }
 
 struct Content<'a> {
     text: &'a str,
     json: bool,
-    lits: Vec<Lit<'a>>,
     /// A text in which every string value occurs as a substring, bounded by
     /// non-word characters: the output itself when it has no escapes, else
-    /// the decoded values joined by newlines.
+    /// the decoded strings (keys too) joined by newlines.
     haystack: Cow<'a, str>,
+    /// Built on first need (when some matcher can match at all).
+    lits: Option<Lits>,
+    credential_hint: Option<bool>,
     /// Whole-haystack results of the built-in scanner patterns, per scanner
     /// (secret, pii, injection), computed once per check.
     builtin: [Vec<Option<bool>>; 3],
@@ -597,29 +622,109 @@ struct Content<'a> {
 impl<'a> Content<'a> {
     fn new(text: &'a str) -> Content<'a> {
         let json = !text.trim().is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
-        let lits = if json {
-            json_strings(text)
-        } else {
-            vec![Lit {
-                token: (0, text.len()),
-                content_start: 0,
-                value: Cow::Borrowed(text),
-                map: None,
-                key: None,
-                path: String::new(),
-            }]
-        };
         let haystack = if json && text.contains('\\') {
+            // Every literal, keys too, in the order `json_strings` visits them.
+            let b = text.as_bytes();
             let mut h = String::with_capacity(text.len());
-            for l in &lits {
-                h.push_str(&l.value);
-                h.push('\n');
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'"' {
+                    let end = literal_end(b, i);
+                    decode_append(literal_content(text, i, end), &mut h);
+                    h.push('\n');
+                    i = end;
+                } else {
+                    i += 1;
+                }
             }
             Cow::Owned(h)
         } else {
             Cow::Borrowed(text)
         };
-        Content { text, json, lits, haystack, builtin: Default::default() }
+        Content { text, json, haystack, lits: None, credential_hint: None, builtin: Default::default() }
+    }
+
+    /// Build the string values (once).
+    fn ensure_lits(&mut self) {
+        let (text, json) = (self.text, self.json);
+        let decoded = matches!(self.haystack, Cow::Owned(_));
+        self.lits.get_or_insert_with(|| {
+            if json {
+                json_strings(text, decoded)
+            } else {
+                let lit = Lit { token: (0, text.len()), value: (0, text.len()), node: NO_NODE, seg: Seg::Text };
+                Lits { lits: vec![lit], nodes: Vec::new() }
+            }
+        });
+    }
+
+    /// Whether the text may hold a credential key at all (cached).
+    fn credential_hint(&mut self) -> bool {
+        *self.credential_hint.get_or_insert_with(|| CREDENTIAL_HINT.is_match(&self.haystack))
+    }
+
+    /// A value, decoded.
+    fn value(&self, lit: &Lit) -> &str {
+        &self.haystack[lit.value.0..lit.value.1]
+    }
+
+    /// Offset of a value's first content byte in the output.
+    fn content_start(&self, lit: &Lit) -> usize {
+        if self.json { lit.token.0 + 1 } else { 0 }
+    }
+
+    /// A value's content as written (JSON escapes still in).
+    fn raw(&self, lit: &Lit) -> &'a str {
+        if self.json { literal_content(self.text, lit.token.0, lit.token.1) } else { self.text }
+    }
+
+    /// Decoded byte index -> raw byte offset from the content start
+    /// (`value.len() + 1` entries); `None` when the two coincide.
+    fn offsets(&self, lit: &Lit) -> Option<Vec<u32>> {
+        let raw = self.raw(lit);
+        raw.contains('\\').then(|| decoded_offsets(raw))
+    }
+
+    /// The object key a value sits under; array items inherit the key of
+    /// their array.
+    fn key(&self, lits: &Lits, lit: &Lit) -> Option<Cow<'a, str>> {
+        let (mut node, mut seg) = (lit.node, lit.seg);
+        loop {
+            match seg {
+                Seg::Key(s, e) => return Some(decode(&self.text[s..e])),
+                Seg::Index(_) if node != NO_NODE => {
+                    seg = lits.nodes[node].seg;
+                    node = lits.nodes[node].parent;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The JSON path (`$.a["b c"][0]`); empty for plain text.
+    fn path(&self, lits: &Lits, lit: &Lit) -> String {
+        if lit.seg == Seg::Text {
+            return String::new();
+        }
+        let mut segs = vec![lit.seg];
+        let mut n = lit.node;
+        while n != NO_NODE {
+            segs.push(lits.nodes[n].seg);
+            n = lits.nodes[n].parent;
+        }
+        let mut path = String::from("$");
+        for seg in segs.into_iter().rev() {
+            match seg {
+                Seg::Text | Seg::Root => {}
+                Seg::Key(s, e) => push_key(&mut path, &decode(&self.text[s..e])),
+                Seg::Index(i) => {
+                    path.push('[');
+                    path.push_str(&i.to_string());
+                    path.push(']');
+                }
+            }
+        }
+        path
     }
 
     /// Whether `re` matches somewhere in the haystack: false means it
@@ -646,29 +751,27 @@ impl<'a> Content<'a> {
         hit
     }
 
-    /// The output with every span replaced by [`REDACTED`], as JSON text.
+    /// The output with every span (per value, decoded byte offsets)
+    /// replaced by [`REDACTED`], as JSON text.
     fn redact(&self, spans: &[Vec<(usize, usize)>]) -> String {
+        let lits = self.lits.as_ref().map_or(&[][..], |l| &l.lits[..]);
+        if !self.json {
+            return match (lits.first(), spans.first()) {
+                (Some(lit), Some(spans)) if !spans.is_empty() => quote(&replace_spans(self.value(lit), spans)),
+                _ => quote(self.text),
+            };
+        }
         let mut out = String::with_capacity(self.text.len());
         let mut cursor = 0;
-        for (lit, spans) in self.lits.iter().zip(spans) {
-            if spans.is_empty() {
-                continue;
-            }
-            let replaced = replace_spans(&lit.value, spans);
-            if self.json {
+        for (lit, spans) in lits.iter().zip(spans) {
+            if !spans.is_empty() {
                 out.push_str(&self.text[cursor..lit.token.0]);
-                out.push_str(&quote(&replaced));
+                out.push_str(&quote(&replace_spans(self.value(lit), spans)));
                 cursor = lit.token.1;
-            } else {
-                return quote(&replaced);
             }
         }
-        if self.json {
-            out.push_str(&self.text[cursor..]);
-            out
-        } else {
-            quote(self.text)
-        }
+        out.push_str(&self.text[cursor..]);
+        out
     }
 }
 
@@ -714,62 +817,63 @@ fn push_key(path: &mut String, key: &str) {
 
 struct Frame {
     array: bool,
-    /// Path of the container itself.
-    path: String,
-    /// Objects: the latest key; arrays: the key the array sits under.
-    key: Option<String>,
+    /// This container's index in the node list.
+    node: usize,
+    /// Objects: the byte range of the latest key's content.
+    key: Option<(usize, usize)>,
     index: usize,
 }
 
-impl Frame {
-    fn child_path(&self) -> String {
-        let mut p = self.path.clone();
-        if self.array {
-            p.push('[');
-            p.push_str(&self.index.to_string());
-            p.push(']');
-        } else if let Some(k) = &self.key {
-            push_key(&mut p, k);
-        }
-        p
+/// The container and place of the next value.
+fn place(stack: &[Frame]) -> (usize, Seg) {
+    match stack.last() {
+        Some(f) if f.array => (f.node, Seg::Index(f.index)),
+        Some(f) => (f.node, f.key.map_or(Seg::Root, |(s, e)| Seg::Key(s, e))),
+        None => (NO_NODE, Seg::Root),
     }
 }
 
-/// The string values of a valid JSON text, in order.
-fn json_strings(text: &str) -> Vec<Lit<'_>> {
+/// The string values of a valid JSON text, in order, and its containers.
+/// With `decoded`, value ranges point into the decoded haystack (every
+/// literal decoded, followed by a newline); else into `text` itself.
+fn json_strings(text: &str, decoded: bool) -> Lits {
     let b = text.as_bytes();
+    let mut cursor = 0;
     let mut lits = Vec::new();
+    let mut nodes = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
-    let child = |stack: &[Frame]| match stack.last() {
-        Some(f) => (f.child_path(), f.key.clone()),
-        None => ("$".to_owned(), None),
-    };
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'"' => {
                 let end = literal_end(b, i);
-                let content = &text[i + 1..end.saturating_sub(1).max(i + 1)];
                 let mut j = end;
                 while j < b.len() && b[j].is_ascii_whitespace() {
                     j += 1;
                 }
                 let is_key = j < b.len() && b[j] == b':' && stack.last().is_some_and(|f| !f.array);
-                let (value, map) = decode(content);
+                let raw = literal_content(text, i, end);
+                let value = if decoded {
+                    let start = cursor;
+                    cursor += decoded_len(raw) + 1;
+                    (start, cursor - 1)
+                } else {
+                    (i + 1, i + 1 + raw.len())
+                };
                 if is_key {
                     if let Some(f) = stack.last_mut() {
-                        f.key = Some(value.into_owned());
+                        f.key = Some((i + 1, end.saturating_sub(1).max(i + 1)));
                     }
                 } else {
-                    let (path, key) = child(&stack);
-                    lits.push(Lit { token: (i, end), content_start: i + 1, value, map, key, path });
+                    let (node, seg) = place(&stack);
+                    lits.push(Lit { token: (i, end), value, node, seg });
                 }
                 i = end;
             }
             c @ (b'{' | b'[') => {
-                let (path, key) = child(&stack);
-                let array = c == b'[';
-                stack.push(Frame { array, path, key: if array { key } else { None }, index: 0 });
+                let (parent, seg) = place(&stack);
+                nodes.push(Node { parent, seg });
+                stack.push(Frame { array: c == b'[', node: nodes.len() - 1, key: None, index: 0 });
                 i += 1;
             }
             b'}' | b']' => {
@@ -787,7 +891,12 @@ fn json_strings(text: &str) -> Vec<Lit<'_>> {
             _ => i += 1,
         }
     }
-    lits
+    Lits { lits, nodes }
+}
+
+/// The content of the literal token `text[start..end]` (quotes dropped).
+fn literal_content(text: &str, start: usize, end: usize) -> &str {
+    &text[start + 1..end.saturating_sub(1).max(start + 1)]
 }
 
 /// Index just past the closing quote of the literal opening at `start`.
@@ -807,59 +916,107 @@ fn hex4(s: &str, at: usize) -> Option<u32> {
     s.get(at..at + 4).and_then(|h| u32::from_str_radix(h, 16).ok())
 }
 
-/// Decode a JSON string literal's content; the byte map when it had escapes.
-fn decode(raw: &str) -> (Cow<'_, str>, Option<Vec<u32>>) {
-    if !raw.contains('\\') {
-        return (Cow::Borrowed(raw), None);
-    }
+/// A piece of a JSON string literal's content, with its raw byte offset.
+enum Piece<'a> {
+    /// Characters without escapes.
+    Run(&'a str, usize),
+    /// One escape sequence, decoded.
+    Escaped(char, usize),
+}
+
+/// Walk a JSON string literal's content as runs and decoded escapes.
+fn decode_pieces<'a>(raw: &'a str, mut f: impl FnMut(Piece<'a>)) {
     let b = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
-    let mut map = Vec::with_capacity(raw.len() + 1);
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' {
-            let (c, n) = match b.get(i + 1) {
-                Some(b'"') => ('"', 2),
-                Some(b'\\') => ('\\', 2),
-                Some(b'/') => ('/', 2),
-                Some(b'b') => ('\u{8}', 2),
-                Some(b'f') => ('\u{c}', 2),
-                Some(b'n') => ('\n', 2),
-                Some(b'r') => ('\r', 2),
-                Some(b't') => ('\t', 2),
-                Some(b'u') => match hex4(raw, i + 2) {
-                    Some(hi @ 0xD800..=0xDBFF) => {
-                        let lo = raw
-                            .get(i + 6..i + 8)
-                            .filter(|s| *s == "\\u")
-                            .and_then(|_| hex4(raw, i + 8))
-                            .filter(|lo| (0xDC00..=0xDFFF).contains(lo));
-                        match lo {
-                            Some(lo) => (
-                                char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).unwrap_or('\u{FFFD}'),
-                                12,
-                            ),
-                            None => ('\u{FFFD}', 6),
-                        }
-                    }
-                    Some(u) => (char::from_u32(u).unwrap_or('\u{FFFD}'), 6),
-                    None => ('\u{FFFD}', 2),
-                },
-                _ => ('\u{FFFD}', 2),
-            };
-            map.extend(std::iter::repeat_n(i as u32, c.len_utf8()));
-            out.push(c);
-            i = (i + n).min(b.len());
-        } else {
-            let c = raw[i..].chars().next().unwrap_or('\u{FFFD}');
-            let n = c.len_utf8();
-            map.extend((0..n).map(|k| (i + k) as u32));
-            out.push(c);
-            i += n;
+        match raw[i..].find('\\') {
+            Some(0) => {
+                let (c, n) = escape_at(raw, i);
+                f(Piece::Escaped(c, i));
+                i = (i + n).min(b.len());
+            }
+            Some(k) => {
+                f(Piece::Run(&raw[i..i + k], i));
+                i += k;
+            }
+            None => {
+                f(Piece::Run(&raw[i..], i));
+                break;
+            }
         }
     }
-    map.push(b.len() as u32);
-    (Cow::Owned(out), Some(map))
+}
+
+/// The escape sequence at `raw[i]` (a backslash): its character and length.
+fn escape_at(raw: &str, i: usize) -> (char, usize) {
+    let b = raw.as_bytes();
+    match b.get(i + 1) {
+        Some(b'"') => ('"', 2),
+        Some(b'\\') => ('\\', 2),
+        Some(b'/') => ('/', 2),
+        Some(b'b') => ('\u{8}', 2),
+        Some(b'f') => ('\u{c}', 2),
+        Some(b'n') => ('\n', 2),
+        Some(b'r') => ('\r', 2),
+        Some(b't') => ('\t', 2),
+        Some(b'u') => match hex4(raw, i + 2) {
+            Some(hi @ 0xD800..=0xDBFF) => {
+                let lo = raw
+                    .get(i + 6..i + 8)
+                    .filter(|s| *s == "\\u")
+                    .and_then(|_| hex4(raw, i + 8))
+                    .filter(|lo| (0xDC00..=0xDFFF).contains(lo));
+                match lo {
+                    Some(lo) => {
+                        (char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).unwrap_or('\u{FFFD}'), 12)
+                    }
+                    None => ('\u{FFFD}', 6),
+                }
+            }
+            Some(u) => (char::from_u32(u).unwrap_or('\u{FFFD}'), 6),
+            None => ('\u{FFFD}', 2),
+        },
+        // Not valid JSON (it was validated): skip the next character whole.
+        _ => ('\u{FFFD}', 1 + raw.get(i + 1..).and_then(|r| r.chars().next()).map_or(0, char::len_utf8)),
+    }
+}
+
+/// Decode a JSON string literal's content (borrowed when it has no escapes).
+fn decode(raw: &str) -> Cow<'_, str> {
+    if raw.contains('\\') {
+        let mut out = String::with_capacity(raw.len());
+        decode_append(raw, &mut out);
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+fn decode_append(raw: &str, out: &mut String) {
+    decode_pieces(raw, |p| match p {
+        Piece::Run(s, _) => out.push_str(s),
+        Piece::Escaped(c, _) => out.push(c),
+    });
+}
+
+fn decoded_len(raw: &str) -> usize {
+    let mut n = 0;
+    decode_pieces(raw, |p| match p {
+        Piece::Run(s, _) => n += s.len(),
+        Piece::Escaped(c, _) => n += c.len_utf8(),
+    });
+    n
+}
+
+/// For each decoded byte, the raw offset it came from, plus the raw length.
+fn decoded_offsets(raw: &str) -> Vec<u32> {
+    let mut map = Vec::with_capacity(raw.len() + 1);
+    decode_pieces(raw, |p| match p {
+        Piece::Run(s, at) => map.extend((at..at + s.len()).map(|i| i as u32)),
+        Piece::Escaped(c, at) => map.extend(std::iter::repeat_n(at as u32, c.len_utf8())),
+    });
+    map.push(raw.len() as u32);
+    map
 }
 
 // ---------------------------------------------------------------------------
@@ -882,10 +1039,19 @@ impl OutputRule {
         let mut redacted = None;
         if let Some(scan) = scan {
             let content = content.expect("content scanned");
+            let lits = content.lits.as_ref().expect("values listed");
+            // Offsets and path of the literal of the previous hit (hits come
+            // grouped by literal).
+            let mut last: Option<(usize, Option<Vec<u32>>, String)> = None;
             for h in &scan.hits {
-                let lit = &content.lits[h.lit];
-                let (rs, re) = (lit.raw(h.start), lit.raw(h.end));
-                let place = if lit.path.is_empty() { "the output text".to_owned() } else { lit.path.clone() };
+                let lit = &lits.lits[h.lit];
+                if last.as_ref().is_none_or(|(l, _, _)| *l != h.lit) {
+                    last = Some((h.lit, content.offsets(lit), content.path(lits, lit)));
+                }
+                let Some((_, map, path)) = last.as_ref() else { continue };
+                let raw = |d: usize| map.as_ref().map_or(d, |m| m.get(d).copied().unwrap_or(0) as usize);
+                let (rs, re) = (raw(h.start), raw(h.end));
+                let place = if path.is_empty() { "the output text".to_owned() } else { path.clone() };
                 let detail = match h.kind {
                     Kind::Pattern => format!("content pattern matched in {place}"),
                     Kind::Keyword => format!("keyword found in {place}"),
@@ -898,7 +1064,7 @@ impl OutputRule {
                     kind: h.kind.as_str().to_owned(),
                     detail,
                     matched: h.matched.clone(),
-                    offset: to_u32(lit.content_start + rs),
+                    offset: to_u32(content.content_start(lit) + rs),
                     length: to_u32(re.saturating_sub(rs)),
                 });
             }
@@ -981,44 +1147,58 @@ mod tests {
 
     #[test]
     fn json_strings_paths_keys_and_offsets() {
-        let text = r#"{"a": {"b c": ["x", 1, "y"]}, "token": "v\"w", "n": null}"#;
-        let lits = json_strings(text);
-        let got: Vec<(&str, &str, Option<&str>)> =
-            lits.iter().map(|l| (l.path.as_str(), l.value.as_ref(), l.key.as_deref())).collect();
-        assert_eq!(
-            got,
-            [
-                (r#"$.a["b c"][0]"#, "x", Some("b c")),
-                (r#"$.a["b c"][2]"#, "y", Some("b c")),
-                ("$.token", "v\"w", Some("token")),
-            ]
-        );
-        let l = &lits[2];
+        let text = r#"{"a": {"b c": ["x", 1, "y", [{"k": "z"}]]}, "token": "v\"w", "n": null}"#;
+        let mut c = Content::new(text);
+        c.ensure_lits();
+        let lits = c.lits.as_ref().unwrap();
+        let got: Vec<(String, &str, Option<String>)> =
+            lits.lits.iter().map(|l| (c.path(lits, l), c.value(l), c.key(lits, l).map(|k| k.into_owned()))).collect();
+        let want = [
+            (r#"$.a["b c"][0]"#, "x", Some("b c")),
+            (r#"$.a["b c"][2]"#, "y", Some("b c")),
+            (r#"$.a["b c"][3][0].k"#, "z", Some("k")),
+            ("$.token", "v\"w", Some("token")),
+        ];
+        let want: Vec<(String, &str, Option<String>)> =
+            want.iter().map(|(p, v, k)| (p.to_string(), *v, k.map(str::to_owned))).collect();
+        assert_eq!(got, want);
+        let l = &lits.lits[3];
         assert_eq!(&text[l.token.0..l.token.1], r#""v\"w""#);
+        assert_eq!(c.raw(l), r#"v\"w"#);
         // 'w' is decoded byte 2, raw byte 3.
-        assert_eq!(l.raw(2), 3);
-        assert_eq!(l.raw(3), 4);
+        let map = c.offsets(l).unwrap();
+        assert_eq!((map[2], map[3]), (3, 4));
+        assert!(c.offsets(&lits.lits[0]).is_none());
+        // The haystack holds every decoded string.
+        assert_eq!(c.haystack, "a\nb c\nx\ny\nk\nz\ntoken\nv\"w\nn\n");
     }
 
     #[test]
     fn decode_escapes_and_surrogates() {
-        let (v, map) = decode(r"a\u00e9\ud83d\ude00\nb");
+        let raw = r"a\u00e9\ud83d\ude00\nb";
+        let v = decode(raw);
         assert_eq!(v, "aé😀\nb");
-        let map = map.unwrap();
+        assert_eq!(decoded_len(raw), v.len());
+        let map = decoded_offsets(raw);
         assert_eq!(map.len(), v.len() + 1);
         // 'b' sits at raw offset 1 + 6 + 12 + 2.
         assert_eq!(map[v.len() - 1], 21);
         assert_eq!(*map.last().unwrap(), 22);
-        let (v, _) = decode(r"\ud800x");
+        let v = decode(r"\ud800x");
         assert_eq!(v, "\u{FFFD}x");
+        // Invalid escapes (never in validated JSON) do not split characters.
+        assert_eq!(decode(r"\éa"), "\u{FFFD}a");
+        assert_eq!(decoded_offsets("xé"), [0, 1, 2, 3]);
     }
 
     #[test]
     fn top_level_string_and_scalars() {
-        let lits = json_strings(r#""hello""#);
-        assert_eq!(lits.len(), 1);
-        assert_eq!(lits[0].path, "$");
-        assert!(json_strings("42").is_empty());
+        let mut c = Content::new(r#""hello""#);
+        c.ensure_lits();
+        let lits = c.lits.as_ref().unwrap();
+        assert_eq!(lits.lits.len(), 1);
+        assert_eq!(c.path(lits, &lits.lits[0]), "$");
+        assert!(json_strings("42", false).lits.is_empty());
     }
 
     #[test]
@@ -1035,12 +1215,14 @@ mod tests {
 
     #[test]
     fn credential_keys() {
-        assert!(credential_value("api_key", "abcd1234efgh"));
-        assert!(credential_value("db_password", "hunter2hunter2"));
-        assert!(credential_value("clientSecret".to_lowercase().as_str(), "s3cr3t-value"));
-        assert!(!credential_value("next_page", "abcd1234efgh"));
-        assert!(!credential_value("token", "short"));
-        assert!(!credential_value("password", "********"));
-        assert!(!credential_value("token_count", "a long sentence here"));
+        let cred = |k: &str, v: &str| credential_value(v) && CREDENTIAL_KEY.is_match(k);
+        assert!(cred("api_key", "abcd1234efgh"));
+        assert!(cred("db_password", "hunter2hunter2"));
+        assert!(cred("clientSecret", "s3cr3t-value"));
+        assert!(!cred("next_page", "abcd1234efgh"));
+        assert!(!cred("token", "short"));
+        assert!(!cred("password", "********"));
+        assert!(!cred("token_count", "a long sentence here"));
+        assert!(!cred("token_count", "abcd1234efgh"));
     }
 }
