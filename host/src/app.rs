@@ -119,8 +119,15 @@ impl App {
         }
         let repo = JobRepo::new(store.clone());
         let runner = Arc::new(PackRunner::new(runtime.clone(), store.clone(), data.join("sandboxes")));
-        let dispatcher =
-            Dispatcher::new(repo.clone(), bus.clone(), registry.clone(), runner, pools.clone(), limits.retry_base);
+        let dispatcher = Dispatcher::new(
+            repo.clone(),
+            bus.clone(),
+            registry.clone(),
+            runner,
+            pools.clone(),
+            policy.clone(),
+            limits.retry_base,
+        );
         dispatcher.start_all().await.map_err(anyhow::Error::msg)?;
         let jobs = JobService::new(
             repo,

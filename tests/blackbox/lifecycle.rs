@@ -294,6 +294,16 @@ fn approvals_decide_once_under_races_and_recheck_the_policy() {
     let list: Value = gw.get(ACME_ADMIN, None, "/api/v1/approvals").json().unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "only carol's own job is still held: {list}");
 
+    // Deterministically: after a reject, approve conflicts and reject repeats its answer.
+    let (_, r) = gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"v": "r"}}));
+    let r = r["job_id"].as_str().unwrap().to_string();
+    let first: Value = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{r}/reject"), &json!({"reason": "no"})).json().unwrap();
+    assert_eq!(first["status"], "rejected");
+    let env = assert_envelope(gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{r}/approve"), &json!({})), 409);
+    assert_eq!(env["code"], "approval_already_resolved");
+    let again: Value = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{r}/reject"), &json!({})).json().unwrap();
+    assert_eq!(again["status"], "already_rejected");
+
     // Repair: new input, re-evaluated as a new job (held again), linked both ways.
     let (_, held2) = gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"v": "bad"}}));
     let held2 = held2["job_id"].as_str().unwrap().to_string();
@@ -512,4 +522,91 @@ fn draining_a_pool_starts_nothing_new_and_finishes_in_flight_jobs() {
         .send()
         .unwrap();
     assert_eq!(assert_envelope(resp, 400)["field"], "max_concurency");
+}
+
+const OUTPUT_POLICY: &str = r#"
+default_decision: deny
+rules:
+  - id: allow-hostile
+    match:
+      topics: ["job.hostile-pack.*"]
+    decision: allow
+output_rules:
+  - id: redact-emails
+    match:
+      topics: ["job.hello-pack.echo"]
+      scanners: ["pii"]
+    decision: redact
+    reason: "E-mail addresses are redacted."
+  - id: hold-secrets
+    match:
+      topics: ["job.hostile-pack.echo"]
+      keywords: ["TOPSECRET"]
+    decision: quarantine
+    reason: "Looks secret."
+  - id: block-forbidden
+    match:
+      topics: ["job.hostile-pack.echo"]
+      keywords: ["FORBIDDEN"]
+    decision: deny
+    reason: "Never returned."
+"#;
+
+#[test]
+fn output_rules_redact_quarantine_and_deny_results() {
+    let gw = Gateway::start(Options {
+        env: keys_env(),
+        hostile_pack: true,
+        policy: Some(OUTPUT_POLICY.into()),
+        ..Default::default()
+    });
+    // Redact: an e-mail address in hello-pack's result.
+    let (_, body) = gw.submit(ACME, None, echo("write to jane.doe@example.com today"));
+    let job = gw.wait_job(ACME, None, body["job_id"].as_str().unwrap(), WAIT);
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+    assert_eq!(job["result"]["message"], "write to [REDACTED] today", "{job}");
+    assert!(
+        !job.to_string().contains("jane.doe@example.com") || job["input"]["message"].as_str().unwrap().contains("jane")
+    );
+    assert!(!job["result"].to_string().contains("jane.doe"), "stored result is redacted");
+    assert_eq!(job["output_safety"]["decision"], "REDACT");
+    assert_eq!(job["output_safety"]["rule_id"], "redact-emails");
+    assert_eq!(job["output_safety"]["redacted"], true);
+    assert!(!job["output_safety"]["findings"].as_array().unwrap().is_empty());
+    assert_eq!(job["output_decision"], "REDACT");
+    // Clean output: allowed, with the metadata saying so.
+    let (_, body) = gw.submit(ACME, None, echo("nothing to hide"));
+    let clean = gw.wait_job(ACME, None, body["job_id"].as_str().unwrap(), WAIT);
+    assert_eq!(clean["result"]["message"], "nothing to hide");
+    assert_eq!(clean["output_safety"]["decision"], "ALLOW");
+
+    // Quarantine: kept for admins, withheld from other readers, in the DLQ.
+    let (_, body) =
+        gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"note": "TOPSECRET plans"}}));
+    let id = body["job_id"].as_str().unwrap().to_string();
+    let held = gw.wait_job(ACME, None, &id, WAIT);
+    assert_eq!(held["state"], "OUTPUT_QUARANTINED", "{held}");
+    assert!(held["result"].is_null());
+    assert_eq!(held["result_withheld"], true);
+    assert_eq!(held["output_safety"]["rule_id"], "hold-secrets");
+    let admin_view: Value = gw.get(ACME_ADMIN, None, &format!("/api/v1/jobs/{id}")).json().unwrap();
+    assert_eq!(admin_view["result"]["note"], "TOPSECRET plans");
+    let dlq: Value = gw.get(ACME_ADMIN, None, "/api/v1/dlq").json().unwrap();
+    assert!(
+        dlq["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["job_id"] == id.as_str() && e["error_code"] == "output_quarantined"),
+        "{dlq}"
+    );
+
+    // Deny: the result is dropped.
+    let (_, body) = gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"note": "FORBIDDEN"}}));
+    let denied = gw.wait_job(ACME, None, body["job_id"].as_str().unwrap(), WAIT);
+    assert_eq!(denied["state"], "FAILED");
+    assert_eq!(denied["error_code"], "output_denied");
+    let admin_view: Value =
+        gw.get(ACME_ADMIN, None, &format!("/api/v1/jobs/{}", denied["id"].as_str().unwrap())).json().unwrap();
+    assert!(admin_view["result"].is_null());
 }

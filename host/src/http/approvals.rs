@@ -49,7 +49,7 @@ pub async fn list(
                 "rule_id": safety.map(|s| s.decision.rule_id.clone()),
                 "reason": safety.map(|s| s.decision.reason.clone()),
                 "policy_snapshot": safety.map(|s| s.decision.policy_snapshot.clone()),
-                "job": job_view(job),
+                "job": job_view(job, true),
             })
         })
         .collect();

@@ -208,12 +208,12 @@ pub async fn get_job(
         query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())).code("invalid_query"))?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
     let job = app.jobs.get_when_done(&caller.tenant, &id, wait).await.map_err(job_error)?;
-    Ok(Json(job_view(&job)))
+    Ok(Json(job_view(&job, caller.auth.role == Role::Admin)))
 }
 
 /// The job as upstream's GET returns it, plus our `input`, `history`,
 /// `safety` and `error` objects.
-pub fn job_view(job: &JobRecord) -> Value {
+pub fn job_view(job: &JobRecord, reveal_quarantined: bool) -> Value {
     let safety = job.safety.as_ref();
     let mut view = json!({
         "id": job.id,
@@ -270,6 +270,15 @@ pub fn job_view(job: &JobRecord) -> Value {
         view["error_code"] = json!(err.code);
         view["error_message"] = json!(err.message);
     }
+    if let Some(safety) = &job.output_safety {
+        view["output_decision"] = safety["decision"].clone();
+    }
+    // A quarantined result is kept for admins and withheld from everyone else.
+    if job.state == JobState::OutputQuarantined && !reveal_quarantined {
+        view["result"] = Value::Null;
+        view["result_ptr"] = Value::Null;
+        view["result_withheld"] = json!(true);
+    }
     view
 }
 
@@ -316,7 +325,7 @@ pub async fn list_jobs(
     let page =
         app.jobs.list(&caller.tenant, &filter, q.cursor.as_deref(), page_limit(q.limit)?).await.map_err(job_error)?;
     Ok(Json(json!({
-        "items": page.items.iter().map(job_view).collect::<Vec<_>>(),
+        "items": page.items.iter().map(|j| job_view(j, caller.auth.role == Role::Admin)).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor,
     })))
 }

@@ -70,6 +70,15 @@ fn not_awaiting(job: &JobRecord) -> JobError {
     }
 }
 
+/// What an approve answers once a decision is recorded: the approval again,
+/// or a conflict if the job was rejected.
+fn approve_answer(done: ApprovalOutcome, job: &JobRecord) -> Result<ApprovalOutcome, JobError> {
+    match done {
+        ApprovalOutcome::AlreadyApproved { .. } => Ok(done),
+        _ => Err(not_awaiting(job)),
+    }
+}
+
 impl JobService {
     /// Held jobs of the tenant.
     pub async fn approvals(&self, tenant: &str, cursor: Option<&str>, limit: usize) -> Result<JobPage, JobError> {
@@ -120,7 +129,7 @@ impl JobService {
     ) -> Result<ApprovalOutcome, JobError> {
         let job = self.get(tenant, id).await?;
         if let Some(done) = self.recorded(&job)? {
-            return Ok(done);
+            return approve_answer(done, &job);
         }
         if job.state != JobState::ApprovalRequired {
             return Err(not_awaiting(&job));
@@ -152,7 +161,7 @@ impl JobService {
                 })
                 .await?;
             if !changed {
-                return self.after_race(id).await;
+                return self.approve_after_race(id).await;
             }
             return Err(JobError::Conflict {
                 code: "approval_policy_denied",
@@ -172,7 +181,7 @@ impl JobService {
             })
             .await?;
         if !changed {
-            return self.after_race(id).await;
+            return self.approve_after_race(id).await;
         }
         self.dispatcher.publish(&job).await;
         Ok(ApprovalOutcome::Approved { job_id: job.id, trace_id: job.trace_id })
@@ -236,6 +245,16 @@ impl JobService {
             Some(_) => return Err(not_awaiting(job)),
             None => None,
         })
+    }
+
+    /// An approve that lost to another decision: the same answer as a
+    /// repeated approve (approved) or a conflict (anything else).
+    async fn approve_after_race(&self, id: &str) -> Result<ApprovalOutcome, JobError> {
+        let (job, _) = self.repo.get(id).await?.ok_or(JobError::NotFound)?;
+        match self.recorded(&job)? {
+            Some(done) => approve_answer(done, &job),
+            None => Err(not_awaiting(&job)),
+        }
     }
 
     /// Another call decided first: answer with what it decided.

@@ -20,6 +20,7 @@ use crate::bus::{Bus, BusError, Message};
 use crate::packs::PackRegistry;
 use crate::packs::install::SYSTEM_CONFIG_KEY;
 use crate::packs::runner::{PackRunner, WorkItem, WorkOutcome};
+use crate::policy::{OutputCheck, OutputDecisionKind, OutputVerdict, PolicyService};
 use crate::runtime::PluginError;
 use crate::runtime::sandbox::CancelFlag;
 use crate::store::to_json;
@@ -53,6 +54,7 @@ pub struct Dispatcher {
     registry: Arc<PackRegistry>,
     runner: Arc<PackRunner>,
     pools: Arc<PoolManager>,
+    policy: Arc<PolicyService>,
     retry_base: Duration,
     subscribed: Mutex<HashSet<String>>,
     running: Mutex<HashMap<String, Arc<CancelFlag>>>,
@@ -65,6 +67,7 @@ impl Dispatcher {
         registry: Arc<PackRegistry>,
         runner: Arc<PackRunner>,
         pools: Arc<PoolManager>,
+        policy: Arc<PolicyService>,
         retry_base: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -73,6 +76,7 @@ impl Dispatcher {
             registry,
             runner,
             pools,
+            policy,
             retry_base,
             subscribed: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
@@ -252,16 +256,7 @@ impl Dispatcher {
                 return;
             }
             Settle::Succeeded(value) => {
-                let stored = self
-                    .repo
-                    .update(&id, |j| {
-                        j.state == JobState::Running && {
-                            j.result = Some(value.clone());
-                            j.error = None;
-                            j.transition(JobState::Succeeded, None).is_ok()
-                        }
-                    })
-                    .await;
+                let stored = self.store_output(job, value).await;
                 self.announce(stored).await;
                 return;
             }
@@ -310,6 +305,76 @@ impl Dispatcher {
             )
             .await;
         self.announce(stored).await;
+    }
+
+    /// Apply the policy's output rules to a result, then store it:
+    /// allow keeps it, redact stores the redacted form, quarantine keeps it
+    /// for admins only (OUTPUT_QUARANTINED, DLQ), deny drops it (FAILED,
+    /// DLQ). If the check itself fails the result is quarantined.
+    async fn store_output(
+        &self,
+        job: &JobRecord,
+        value: serde_json::Value,
+    ) -> Result<(JobRecord, bool), super::repo::RepoError> {
+        let check = OutputCheck {
+            topic: job.topic.clone(),
+            tenant: job.tenant.clone(),
+            capability: job.capability.clone(),
+            risk_tags: job.risk_tags.clone(),
+            output: value.to_string(),
+            error: String::new(),
+        };
+        let verdict = self.policy.check_output(&job.tenant, &check).unwrap_or_else(|e| {
+            tracing::warn!(job = %job.id, error = %e, "output check failed; quarantining the result");
+            OutputVerdict {
+                decision: OutputDecisionKind::Quarantine,
+                rule_id: String::new(),
+                reason: "output check unavailable".into(),
+                policy_snapshot: self.policy.active().id.clone(),
+                findings: Vec::new(),
+                redacted_output: None,
+            }
+        });
+        let (state, result, failure) = match verdict.decision {
+            OutputDecisionKind::Allow => (JobState::Succeeded, Some(value), None),
+            OutputDecisionKind::Redact => {
+                (JobState::Succeeded, Some(verdict.redacted_output.clone().unwrap_or(serde_json::Value::Null)), None)
+            }
+            OutputDecisionKind::Quarantine => (
+                JobState::OutputQuarantined,
+                Some(value),
+                Some(JobFailure { code: "output_quarantined".into(), message: verdict.reason.clone() }),
+            ),
+            OutputDecisionKind::Deny => (
+                JobState::Failed,
+                None,
+                Some(JobFailure { code: "output_denied".into(), message: verdict.reason.clone() }),
+            ),
+        };
+        let metadata = serde_json::json!({
+            "decision": verdict.decision.as_str(),
+            "rule_id": verdict.rule_id,
+            "reason": verdict.reason,
+            "policy_snapshot": verdict.policy_snapshot,
+            "findings": verdict.findings,
+            "redacted": verdict.decision == OutputDecisionKind::Redact,
+            "checked_at": chrono::Utc::now(),
+            "phase": "sync",
+        });
+        self.repo
+            .update_with(
+                &job.id,
+                |j| {
+                    j.state == JobState::Running && {
+                        j.result = result.clone();
+                        j.error = failure.clone();
+                        j.output_safety = Some(metadata.clone());
+                        j.transition(state, failure.as_ref().map(|f| f.message.clone())).is_ok()
+                    }
+                },
+                |j| if failure.is_some() { vec![DlqEntry::from_job(j).put_op()] } else { Vec::new() },
+            )
+            .await
     }
 
     /// A retrying job whose delay is over goes back on the bus.
