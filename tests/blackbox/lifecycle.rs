@@ -297,7 +297,8 @@ fn approvals_decide_once_under_races_and_recheck_the_policy() {
     // Deterministically: after a reject, approve conflicts and reject repeats its answer.
     let (_, r) = gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"v": "r"}}));
     let r = r["job_id"].as_str().unwrap().to_string();
-    let first: Value = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{r}/reject"), &json!({"reason": "no"})).json().unwrap();
+    let first: Value =
+        gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{r}/reject"), &json!({"reason": "no"})).json().unwrap();
     assert_eq!(first["status"], "rejected");
     let env = assert_envelope(gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{r}/approve"), &json!({})), 409);
     assert_eq!(env["code"], "approval_already_resolved");

@@ -4,7 +4,6 @@ use super::error::ApiError;
 use super::extract::{Caller, JsonOrEmpty};
 use super::jobs::{job_error, job_view, page_limit, query, render_outcome};
 use crate::app::App;
-use crate::auth::Role;
 use crate::jobs::approvals::ApprovalOutcome;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -13,10 +12,6 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-
-fn admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.auth.has_role(&[Role::Admin]) { Ok(()) } else { Err(ApiError::forbidden("access denied")) }
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +81,7 @@ pub async fn approve(
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<DecisionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let outcome =
         app.jobs.approve(&caller.auth, &caller.tenant, &id, &body.reason, &body.note).await.map_err(job_error)?;
     Ok(render(outcome))
@@ -98,7 +93,7 @@ pub async fn reject(
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<DecisionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let outcome =
         app.jobs.reject(&caller.auth, &caller.tenant, &id, &body.reason, &body.note).await.map_err(job_error)?;
     Ok(render(outcome))
@@ -120,7 +115,7 @@ pub async fn repair(
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<RepairBody>,
 ) -> Result<Response, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let outcome =
         app.jobs.repair(&caller.auth, &caller.tenant, &id, body.input, &body.note).await.map_err(job_error)?;
     Ok(render_outcome(outcome))

@@ -103,6 +103,13 @@ pub struct Caller {
     pub tenant: String,
 }
 
+impl Caller {
+    /// Admin-only routes: anyone else gets upstream's generic 403.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.auth.role == crate::auth::Role::Admin { Ok(()) } else { Err(ApiError::forbidden("access denied")) }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {

@@ -330,16 +330,12 @@ pub async fn list_jobs(
     })))
 }
 
-fn admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.auth.has_role(&[Role::Admin]) { Ok(()) } else { Err(ApiError::forbidden("access denied")) }
-}
-
 pub async fn cancel_job(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let job = app.jobs.cancel(&caller.auth, &caller.tenant, &id).await.map_err(job_error)?;
     Ok(Json(json!({"id": job.id, "state": job.state.as_str()})))
 }
@@ -357,7 +353,7 @@ pub async fn remediate_job(
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<RemediateBody>,
 ) -> Result<Response, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let (outcome, _) = app
         .jobs
         .remediate(&caller.auth, &caller.tenant, &id, body.remediation_id.as_deref())

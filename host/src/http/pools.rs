@@ -17,7 +17,6 @@
 use super::error::ApiError;
 use super::extract::{Caller, JsonOrEmpty, StrictJson};
 use crate::app::App;
-use crate::auth::Role;
 use crate::jobs::pools::{PoolConfig, PoolError, PoolManager, PoolPatch, PoolStatus, PoolView, WorkerView};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -84,10 +83,6 @@ fn pool_error(e: PoolError) -> ApiError {
     }
 }
 
-fn admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.auth.has_role(&[Role::Admin]) { Ok(()) } else { Err(ApiError::forbidden("access denied")) }
-}
-
 /// The pool as this caller may see it.
 fn render(mut view: PoolView, caller: &Caller) -> PoolView {
     if !caller.auth.allow_cross_tenant {
@@ -101,7 +96,7 @@ fn pools(app: &App) -> &PoolManager {
 }
 
 pub async fn list_pools(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Items<PoolView>>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let items = pools(&app).list().into_iter().map(|v| render(v, &caller)).collect();
     Ok(Json(Items { items }))
 }
@@ -111,7 +106,7 @@ pub async fn get_pool(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let view = pools(&app).get(&name).map_err(pool_error)?;
     Ok(Json(render(view, &caller)))
 }
@@ -122,7 +117,7 @@ pub async fn create_pool(
     Path(name): Path<String>,
     body: Result<StrictJson<CreatePool>, ApiError>,
 ) -> Result<Response, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let StrictJson(body) = body?;
     let mut config = PoolConfig::new(name, body.packs, body.max_concurrency);
     config.max_memory_bytes = body.max_memory_bytes;
@@ -137,7 +132,7 @@ pub async fn update_pool(
     Path(name): Path<String>,
     body: Result<StrictJson<UpdatePool>, ApiError>,
 ) -> Result<Json<PoolView>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let StrictJson(body) = body?;
     let patch = PoolPatch {
         packs: body.packs,
@@ -156,7 +151,7 @@ pub async fn drain_pool(
     Path(name): Path<String>,
     body: Result<JsonOrEmpty<DrainPool>, ApiError>,
 ) -> Result<Response, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let JsonOrEmpty(DrainPool {}) = body?;
     let progress = pools(&app).drain(&name).await.map_err(pool_error)?;
     Ok(Json(progress).into_response())
@@ -165,7 +160,7 @@ pub async fn drain_pool(
 /// Workers of the installed packs that have a component (a pool may list
 /// packs that are not installed yet; they have no worker).
 pub async fn list_workers(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Items<WorkerView>>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let items = pools(&app)
         .workers()
         .into_iter()
@@ -177,7 +172,7 @@ pub async fn list_workers(State(app): State<Arc<App>>, caller: Caller) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthContext;
+    use crate::auth::{AuthContext, Role};
 
     fn caller(role: Role, tenant: &str, cross: bool) -> Caller {
         Caller {
@@ -214,9 +209,9 @@ mod tests {
         assert_eq!(e.code.as_deref(), Some("POOL_NAME_CONFLICT"));
         let e = pool_error(PoolError::NotFound);
         assert_eq!((e.status, e.code.as_deref()), (StatusCode::NOT_FOUND, Some("POOL_NOT_FOUND")));
-        assert!(admin(&caller(Role::Viewer, "t", false)).is_err());
-        assert!(admin(&caller(Role::User, "t", true)).is_err());
-        assert!(admin(&caller(Role::Admin, "t", false)).is_ok());
+        assert!(caller(Role::Viewer, "t", false).require_admin().is_err());
+        assert!(caller(Role::User, "t", true).require_admin().is_err());
+        assert!(caller(Role::Admin, "t", false).require_admin().is_ok());
 
         let mut view = PoolView {
             config: PoolConfig::new("p", vec!["a".into()], 2),

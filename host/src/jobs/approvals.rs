@@ -90,10 +90,11 @@ impl JobService {
         let mut last = None;
         for (key, _) in page.into_iter().take(limit) {
             let id = key[prefix.len()..].to_string();
-            if let Some((job, _)) = self.repo.get(&id).await? {
-                if job.state == JobState::ApprovalRequired && job.tenant == tenant {
-                    items.push(job);
-                }
+            if let Some((job, _)) = self.repo.get(&id).await?
+                && job.state == JobState::ApprovalRequired
+                && job.tenant == tenant
+            {
+                items.push(job);
             }
             last = Some(id);
         }

@@ -482,10 +482,10 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 /// `budgets.max_runtime_ms`.
 fn job_timeout(job: &JobRecord, pack_limit: Duration, config: &serde_json::Value) -> Duration {
     let mut timeout = pack_limit;
-    if let Some(secs) = config.pointer("/timeouts/topics").and_then(|t| t.get(&job.topic)).and_then(|v| v.as_f64()) {
-        if secs > 0.0 {
-            timeout = timeout.min(Duration::from_secs_f64(secs));
-        }
+    if let Some(secs) = config.pointer("/timeouts/topics").and_then(|t| t.get(&job.topic)).and_then(|v| v.as_f64())
+        && secs > 0.0
+    {
+        timeout = timeout.min(Duration::from_secs_f64(secs));
     }
     let constraint = job
         .safety

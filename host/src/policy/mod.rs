@@ -13,7 +13,7 @@ pub mod output;
 
 use crate::runtime::sandbox::SandboxLimits;
 use crate::runtime::warm::WarmPool;
-use crate::runtime::{HostState, LoadedComponent, PluginContext, PluginError, Prepared, Runtime};
+use crate::runtime::{HostState, LoadedComponent, PluginError, Prepared, Runtime};
 use crate::store::{Store, StoreError};
 use cordum_bindings::policy::PolicyPlugin;
 use cordum_bindings::policy::cordum::policy::types as wit;
@@ -199,13 +199,7 @@ impl PolicyService {
         let Prepared::Policy(pre) = &self.component.prepared else {
             return Err(PluginError::Instantiate("not a policy component".into()));
         };
-        let ctx = PluginContext {
-            tenant: tenant.to_string(),
-            plugin: "policy".into(),
-            kv: None,
-            config: Arc::new(serde_json::json!({})),
-        };
-        let mut store = self.runtime.new_store(ctx, self.limits, None)?;
+        let mut store = self.runtime.plugin_store(tenant, "policy")?;
         let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
         Ok(WarmPolicy { store, bindings, loaded: String::new() })
     }

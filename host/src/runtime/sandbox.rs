@@ -170,6 +170,18 @@ impl Runtime {
         Ok(store)
     }
 
+    /// A store for a first-party plugin (policy, schema) of `tenant`: the
+    /// plugin limits, no key-value store, no filesystem.
+    pub fn plugin_store(&self, tenant: &str, plugin: &str) -> Result<Store<HostState>, PluginError> {
+        let ctx = PluginContext {
+            tenant: tenant.to_string(),
+            plugin: plugin.to_string(),
+            kv: None,
+            config: Arc::new(serde_json::json!({})),
+        };
+        self.new_store(ctx, self.limits.plugin, None)
+    }
+
     /// Turn a wasmtime error from a call on `store` into a [`PluginError`].
     pub fn classify(&self, store: &Store<HostState>, limits: SandboxLimits, err: wasmtime::Error) -> PluginError {
         match store.data().stopped {

@@ -6,7 +6,7 @@
 
 use crate::runtime::sandbox::SandboxLimits;
 use crate::runtime::warm::WarmPool;
-use crate::runtime::{HostState, LoadedComponent, PluginContext, PluginError, Prepared, Runtime};
+use crate::runtime::{HostState, LoadedComponent, PluginError, Prepared, Runtime};
 use cordum_bindings::schema::SchemaPlugin;
 use cordum_bindings::schema::exports::cordum::schema::validator as wit;
 use parking_lot::RwLock;
@@ -90,13 +90,7 @@ impl SchemaService {
         let Prepared::Schema(pre) = &self.component.prepared else {
             return Err(PluginError::Instantiate("not a schema component".into()));
         };
-        let ctx = PluginContext {
-            tenant: tenant.to_string(),
-            plugin: "schema".into(),
-            kv: None,
-            config: Arc::new(serde_json::json!({})),
-        };
-        let mut store = self.runtime.new_store(ctx, self.limits, None)?;
+        let mut store = self.runtime.plugin_store(tenant, "schema")?;
         let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
         Ok(WarmSchema { store, bindings })
     }
