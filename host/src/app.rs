@@ -19,6 +19,9 @@ use crate::schema::SchemaService;
 use crate::settings::ServeArgs;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Op, Store};
+use crate::workflows::WorkflowService;
+use crate::workflows::engine::Engine;
+use crate::workflows::repo::WorkflowRepo;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +40,8 @@ pub struct App {
     pub schemas: Arc<SchemaService>,
     pub registry: Arc<PackRegistry>,
     pub installer: PackInstaller,
-    pub jobs: JobService,
+    pub jobs: Arc<JobService>,
+    pub workflows: WorkflowService,
     pub dispatcher: Arc<Dispatcher>,
     pub pools: Arc<PoolManager>,
     pub started: Instant,
@@ -129,12 +133,26 @@ impl App {
             limits.retry_base,
         );
         dispatcher.start_all().await.map_err(anyhow::Error::msg)?;
-        let jobs = JobService::new(
+        let jobs = Arc::new(JobService::new(
             repo,
             dispatcher.clone(),
             policy.clone(),
             schemas.clone(),
             registry.clone(),
+            Duration::from_secs(args.idempotency_ttl_seconds),
+        ));
+        // The engine listens to step jobs before any of them can move again.
+        let engine = Engine::new(
+            WorkflowRepo::new(store.clone()),
+            jobs.clone(),
+            schemas.clone(),
+            Duration::from_millis(args.workflow_sweep_ms.max(50)),
+        );
+        engine.start();
+        let workflows = WorkflowService::new(
+            WorkflowRepo::new(store.clone()),
+            engine,
+            schemas.clone(),
             Duration::from_secs(args.idempotency_ttl_seconds),
         );
         let recovered = dispatcher.recover().await.map_err(anyhow::Error::msg)?;
@@ -149,6 +167,7 @@ impl App {
             registry,
             installer,
             jobs,
+            workflows,
             dispatcher,
             pools,
             started: Instant::now(),

@@ -7,7 +7,7 @@
 //! (schema registry and the schema component bridge), `packs` (manifests,
 //! bundles, catalogs, install, the pack runner), `runtime` (wasmtime engine,
 //! sandboxes, host imports), `store` (durable state), `bus` (dispatch and
-//! events). `app` wires them; `settings` holds the flags.
+//! events), `workflows` (definitions, runs, the engine, timelines). `app` wires them; `settings` holds the flags.
 
 pub mod app;
 pub mod auth;
@@ -21,3 +21,4 @@ pub mod runtime;
 pub mod schema;
 pub mod settings;
 pub mod store;
+pub mod workflows;

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// How long an idempotency key is remembered, in seconds (default 24 h).
     #[arg(long, env = "CORDUM_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
     pub idempotency_ttl_seconds: u64,
+    /// How often unfinished workflow runs are swept (delays, retry timers,
+    /// runs resumed after a restart), in milliseconds.
+    #[arg(long, env = "CORDUM_WORKFLOW_SWEEP_MS", default_value_t = 500)]
+    pub workflow_sweep_ms: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

@@ -82,8 +82,20 @@ pub fn job_error(e: JobError) -> ApiError {
     }
 }
 
-/// The one idempotency key of a request, from any of the accepted places.
+/// The one idempotency key of a job submit, from any of the accepted places.
 fn idempotency_key(headers: &HeaderMap, query: Option<&str>, body: &SubmitJob) -> Result<Option<String>, ApiError> {
+    let in_body = body.idempotency_key.iter().chain(body.meta.as_ref().and_then(|m| m.idempotency_key.as_ref()));
+    request_idempotency_key(headers, query, in_body.cloned().collect())
+}
+
+/// The one idempotency key of a request: headers `Idempotency-Key` /
+/// `X-Idempotency-Key`, query `idempotency_key` / `idempotency-key`, or keys
+/// the body carries. Different keys in one request are refused.
+pub fn request_idempotency_key(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    in_body: Vec<String>,
+) -> Result<Option<String>, ApiError> {
     let invalid = |m: &str| ApiError::bad_request(m.to_string()).code("invalid_request");
     let mut keys: Vec<String> = Vec::new();
     for name in ["idempotency-key", "x-idempotency-key"] {
@@ -99,8 +111,7 @@ fn idempotency_key(headers: &HeaderMap, query: Option<&str>, body: &SubmitJob) -
             }
         }
     }
-    keys.extend(body.idempotency_key.clone());
-    keys.extend(body.meta.as_ref().and_then(|m| m.idempotency_key.clone()));
+    keys.extend(in_body);
     let mut keys: Vec<String> = keys.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     if keys.iter().any(|k| k.chars().any(char::is_control)) {
         return Err(invalid("idempotency key must not contain control characters"));

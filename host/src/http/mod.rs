@@ -16,6 +16,7 @@ pub mod policy;
 pub mod pools;
 pub mod serve;
 pub mod system;
+pub mod workflows;
 
 use crate::app::App;
 use axum::Router;
@@ -42,6 +43,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/pools/{name}", get(pools::get_pool).put(pools::create_pool).patch(pools::update_pool))
         .route("/api/v1/pools/{name}/drain", post(pools::drain_pool))
         .route("/api/v1/workers", get(pools::list_workers))
+        .route("/api/v1/workflows", post(workflows::create).get(workflows::list))
+        .route("/api/v1/workflows/{id}", get(workflows::get).put(workflows::update).delete(workflows::delete))
+        .route("/api/v1/workflows/{id}/runs", post(workflows::start_run).get(workflows::list_runs_of))
+        .route("/api/v1/workflows/{id}/runs/{run_id}/cancel", post(workflows::cancel_run_of))
+        .route("/api/v1/workflow-runs", get(workflows::list_runs))
+        .route("/api/v1/workflow-runs/{id}", get(workflows::get_run))
+        .route("/api/v1/workflow-runs/{id}/cancel", post(workflows::cancel_run))
+        .route("/api/v1/workflow-runs/{id}/timeline", get(workflows::timeline))
+        .route("/api/v1/workflow-runs/{id}/rerun", post(workflows::rerun))
         .route("/api/v1/policy/evaluate", post(policy::evaluate))
         .route("/api/v1/policy/explain", post(policy::explain));
     Router::new()

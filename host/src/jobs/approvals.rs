@@ -9,7 +9,8 @@
 
 use super::lifecycle::{JobPage, outcome_job_id, resubmission};
 use super::model::{ApprovalRecord, JobFailure, JobLinks, JobRecord, JobState};
-use super::repo::approval_prefix;
+use super::repo::{approval_prefix, workflow_run_of};
+use super::steps::is_gate;
 use super::submit::{JobError, JobService, SubmitExtras, SubmitOutcome};
 use crate::auth::AuthContext;
 use crate::policy::{DecisionKind, PolicyRequest};
@@ -138,6 +139,10 @@ impl JobService {
         if is_submitter(caller, &job) {
             return Err(JobError::Forbidden("self-approval not permitted"));
         }
+        self.check_run_open(&job).await?;
+        if is_gate(&job) {
+            return self.open_gate(caller, id, reason, note).await;
+        }
         // The policy may have changed since the job was held.
         let current = self
             .policy
@@ -206,6 +211,7 @@ impl JobService {
         if job.state != JobState::ApprovalRequired {
             return Err(not_awaiting(&job));
         }
+        self.check_run_open(&job).await?;
         let snapshot = self.policy.active().id.clone();
         let record = self.approval_record(caller, "rejected", reason, note, &snapshot);
         let message = if reason.trim().is_empty() { "rejected by approver".to_string() } else { reason.to_string() };
@@ -229,6 +235,33 @@ impl JobService {
             };
         }
         Ok(ApprovalOutcome::Rejected { job_id: job.id })
+    }
+
+    /// Approve a workflow approval gate: the gate job succeeds (there is
+    /// nothing to dispatch) and the run goes on.
+    async fn open_gate(
+        &self,
+        caller: &AuthContext,
+        id: &str,
+        reason: &str,
+        note: &str,
+    ) -> Result<ApprovalOutcome, JobError> {
+        let record = self.approval_record(caller, "approved", reason, note, &self.policy.active().id);
+        let result = serde_json::json!({"approved": true, "by": record.by, "reason": record.reason});
+        let (job, changed) = self
+            .repo
+            .update(id, |j| {
+                j.state == JobState::ApprovalRequired && {
+                    j.approval = Some(record.clone());
+                    j.result = Some(result.clone());
+                    j.transition(JobState::Succeeded, Some(format!("approved by {}", record.by))).is_ok()
+                }
+            })
+            .await?;
+        if !changed {
+            return self.approve_after_race(id).await;
+        }
+        Ok(ApprovalOutcome::Approved { job_id: job.id, trace_id: job.trace_id })
     }
 
     /// The outcome an earlier decision recorded, if any.
@@ -279,6 +312,13 @@ impl JobService {
         note: &str,
     ) -> Result<SubmitOutcome, JobError> {
         let job = self.get(tenant, id).await?;
+        if workflow_run_of(&job).is_some() {
+            return Err(JobError::Conflict {
+                code: "not_repairable",
+                message: "this job belongs to a workflow run; rerun the run from its step instead".into(),
+                state: Some(job.state),
+            });
+        }
         let repairable = job.state == JobState::ApprovalRequired
             || (job.approval.is_some() && matches!(job.state, JobState::Denied | JobState::Failed | JobState::Timeout));
         if !repairable || job.links.repaired_as.is_some() {

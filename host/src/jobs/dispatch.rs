@@ -479,7 +479,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 /// The job's wall-clock budget: the pack's limit, lowered by
 /// `timeouts.topics.<topic>` (seconds) and by the policy's
-/// `budgets.max_runtime_ms`.
+/// `budgets.max_runtime_ms` and by the job's own `timeout_ms`.
 fn job_timeout(job: &JobRecord, pack_limit: Duration, config: &serde_json::Value) -> Duration {
     let mut timeout = pack_limit;
     if let Some(secs) = config.pointer("/timeouts/topics").and_then(|t| t.get(&job.topic)).and_then(|v| v.as_f64())
@@ -494,7 +494,7 @@ fn job_timeout(job: &JobRecord, pack_limit: Duration, config: &serde_json::Value
         .and_then(|c| c.pointer("/budgets/max_runtime_ms"))
         .and_then(|v| v.as_u64())
         .filter(|ms| *ms > 0);
-    if let Some(ms) = constraint {
+    for ms in [constraint, job.timeout_ms].into_iter().flatten() {
         timeout = timeout.min(Duration::from_millis(ms));
     }
     timeout

@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod pools;
 pub mod repo;
+pub mod steps;
 pub mod submit;
 
 pub use model::{JobRecord, JobState};

@@ -177,6 +177,10 @@ pub struct JobRecord {
     /// When a cancelled job's running component was actually stopped.
     #[serde(default)]
     pub interrupted_at: Option<DateTime<Utc>>,
+    /// The submitter's own runtime budget (`deadline_ms`, a workflow step's
+    /// `timeout_sec`); the smallest of this and the configured limits wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// How a held job was resolved.

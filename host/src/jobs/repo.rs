@@ -7,8 +7,8 @@ use super::model::{JobRecord, JobState};
 use crate::store::{BatchOutcome, Entry, Op, Store, StoreError, to_json};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
-use tokio::sync::oneshot;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
 
 pub const JOB_PREFIX: &str = "job:";
 pub const ACTIVE_PREFIX: &str = "jobactive:";
@@ -92,15 +92,34 @@ impl Waiters {
     }
 }
 
+/// Label marking a job as a workflow step's (`_` labels cannot be set by clients).
+pub const SOURCE_LABEL: &str = "_source";
+/// Label naming the workflow run of a step's job.
+pub const RUN_LABEL: &str = "run_id";
+
+/// The workflow run a job belongs to, if it is a step's job.
+pub fn workflow_run_of(job: &JobRecord) -> Option<&str> {
+    (job.labels.get(SOURCE_LABEL).map(String::as_str) == Some("workflow"))
+        .then(|| job.labels.get(RUN_LABEL).map(String::as_str))
+        .flatten()
+}
+
 #[derive(Clone)]
 pub struct JobRepo {
     store: Arc<dyn Store>,
     waiters: Arc<Waiters>,
+    /// Told the run id whenever a workflow step's job changes.
+    run_listener: Arc<OnceLock<mpsc::UnboundedSender<String>>>,
 }
 
 impl JobRepo {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, waiters: Arc::new(Waiters::default()) }
+        Self { store, waiters: Arc::new(Waiters::default()), run_listener: Arc::new(OnceLock::new()) }
+    }
+
+    /// Register the (one) listener for changes of workflow step jobs.
+    pub fn listen_for_runs(&self, tx: mpsc::UnboundedSender<String>) {
+        let _ = self.run_listener.set(tx);
     }
 
     pub fn waiters(&self) -> &Waiters {
@@ -171,6 +190,9 @@ impl JobRepo {
                 BatchOutcome::Applied(_) => {
                     if job.state.is_terminal() {
                         self.waiters.notify(id);
+                    }
+                    if let (Some(run), Some(tx)) = (workflow_run_of(&job), self.run_listener.get()) {
+                        let _ = tx.send(run.to_string());
                     }
                     return Ok((job, true));
                 }

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_LABELS: usize = 50;
+/// Store error text of a submit whose job id exists already.
+pub(super) const ID_COLLISION: &str = "job id collision";
 const MAX_TAGS: usize = 50;
 /// Longest job id (UUIDs and `<uuid>-retry-<hex>` fit easily).
 const MAX_JOB_ID: usize = 128;
@@ -199,6 +201,7 @@ pub struct JobService {
     pub(super) policy: Arc<PolicyService>,
     pub(super) schemas: Arc<SchemaService>,
     pub(super) registry: Arc<PackRegistry>,
+    pub(super) run_guard: std::sync::OnceLock<Arc<dyn super::steps::RunGuard>>,
     idempotency_ttl: Duration,
 }
 
@@ -242,7 +245,7 @@ impl JobService {
         registry: Arc<PackRegistry>,
         idempotency_ttl: Duration,
     ) -> Self {
-        Self { repo, dispatcher, policy, schemas, registry, idempotency_ttl }
+        Self { repo, dispatcher, policy, schemas, registry, run_guard: Default::default(), idempotency_ttl }
     }
 
     pub fn repo(&self) -> &JobRepo {
@@ -491,6 +494,7 @@ impl JobService {
             approval: None,
             links: extras.links.clone(),
             interrupted_at: None,
+            timeout_ms: body.deadline_ms.filter(|ms| *ms > 0).map(|ms| ms as u64),
         };
         let outcome = match decision.decision {
             DecisionKind::Deny => {
@@ -535,7 +539,7 @@ impl JobService {
                 };
             }
             BatchOutcome::Conflict { .. } => {
-                return Err(JobError::Store("job id collision".into()));
+                return Err(JobError::Store(ID_COLLISION.into()));
             }
         }
 

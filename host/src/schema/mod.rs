@@ -126,10 +126,31 @@ impl SchemaService {
     /// Validate `document` (JSON text) against registered schema `id`.
     pub fn validate(&self, tenant: &str, id: &str, document: &str) -> Result<Vec<Violation>, SchemaError> {
         let doc = self.schemas.read().get(id).cloned().ok_or_else(|| SchemaError::Unknown(id.to_string()))?;
-        let (meta, text) = (&doc.0, &doc.1);
-        let violations = self.call(tenant, |i| {
-            i.bindings.cordum_schema_validator().call_validate(&mut i.store, &meta.sha256, text, document)
-        })?;
+        self.validate_text(tenant, &doc.0.sha256, &doc.1, document)
+    }
+
+    /// Validate `document` against a schema given inline (such as a
+    /// workflow's `input_schema`); compiled schemas are cached by content hash.
+    pub fn validate_inline(
+        &self,
+        tenant: &str,
+        schema: &serde_json::Value,
+        document: &str,
+    ) -> Result<Vec<Violation>, SchemaError> {
+        let text = schema.to_string();
+        let sha = hex::encode(Sha256::digest(text.as_bytes()));
+        self.validate_text(tenant, &sha, &text, document)
+    }
+
+    fn validate_text(
+        &self,
+        tenant: &str,
+        sha: &str,
+        text: &str,
+        document: &str,
+    ) -> Result<Vec<Violation>, SchemaError> {
+        let violations = self
+            .call(tenant, |i| i.bindings.cordum_schema_validator().call_validate(&mut i.store, sha, text, document))?;
         Ok(violations
             .into_iter()
             .map(|v| Violation {
