@@ -12,7 +12,9 @@ use crate::jobs::repo::JobRepo;
 use crate::packs::PackRegistry;
 use crate::packs::catalog::CatalogSource;
 use crate::packs::install::PackInstaller;
+use crate::packs::market::{CatalogLocation, Marketplace, local_source};
 use crate::packs::runner::PackRunner;
+use crate::packs::service::PackService;
 use crate::policy::PolicyService;
 use crate::runtime::{Runtime, World};
 use crate::schema::SchemaService;
@@ -39,7 +41,7 @@ pub struct App {
     pub policy: Arc<PolicyService>,
     pub schemas: Arc<SchemaService>,
     pub registry: Arc<PackRegistry>,
-    pub installer: PackInstaller,
+    pub packs: PackService,
     pub jobs: Arc<JobService>,
     pub workflows: WorkflowService,
     pub dispatcher: Arc<Dispatcher>,
@@ -93,6 +95,7 @@ impl App {
             registry: registry.clone(),
             data_dir: data.clone(),
             default_limits: limits.pack,
+            verify: pack_verifier(args)?,
         };
         installer.load_installed().await?;
         policy.reload().await?;
@@ -101,8 +104,10 @@ impl App {
         let mut installed = Vec::new();
         if store.get(INITIALIZED).await?.is_none() {
             let mut sources = vec![CatalogSource::embedded()];
-            for path in &args.catalogs {
-                sources.push(CatalogSource::from_file(path).map_err(anyhow::Error::msg)?);
+            for raw in &args.catalogs {
+                if let Some(source) = local_source(&CatalogLocation::parse(raw)) {
+                    sources.push(source.map_err(anyhow::Error::msg)?);
+                }
             }
             for source in &sources {
                 for entry in source.catalog.packs.iter().filter(|e| e.default) {
@@ -156,6 +161,14 @@ impl App {
             Duration::from_secs(args.idempotency_ttl_seconds),
         );
         let recovered = dispatcher.recover().await.map_err(anyhow::Error::msg)?;
+        let packs = PackService::new(
+            installer,
+            Marketplace::new(&args.catalogs, args.marketplace_allow_private),
+            dispatcher.clone(),
+            pools.clone(),
+            store.clone(),
+            limits.pack_concurrency as u32,
+        );
 
         let app = Arc::new(App {
             store,
@@ -165,7 +178,7 @@ impl App {
             policy,
             schemas,
             registry,
-            installer,
+            packs,
             jobs,
             workflows,
             dispatcher,
@@ -179,4 +192,17 @@ impl App {
         };
         Ok((app, StartReport { generated_key, installed, recovered }))
     }
+}
+
+/// The signature check installs apply (mode and trusted keys from the settings).
+fn pack_verifier(args: &ServeArgs) -> anyhow::Result<crate::packs::install::Verifier> {
+    let mode = args.pack_signatures.trim().to_ascii_lowercase();
+    match mode.as_str() {
+        "off" | "warn" | "enforce" => {}
+        other => anyhow::bail!("--pack-signatures must be off, warn or enforce, not {other:?}"),
+    }
+    Ok(Box::new(move |_files| match mode.as_str() {
+        "enforce" => Err("pack.unsigned: signature verification is not available in this build".into()),
+        _ => Ok(None),
+    }))
 }

@@ -15,9 +15,23 @@ pub struct ServeArgs {
     /// Directory for the embedded store, component cache and plugin sandboxes.
     #[arg(long, env = "CORDUM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Extra pack catalogs (JSON files); their `default` packs are installed on first start.
+    /// Extra pack catalogs: JSON files, directories holding a `catalog.json`,
+    /// or http(s) URLs. The `default` packs of local catalogs are installed on
+    /// first start; all of them feed the marketplace.
     #[arg(long = "catalog", env = "CORDUM_CATALOGS", value_delimiter = ',')]
-    pub catalogs: Vec<PathBuf>,
+    pub catalogs: Vec<String>,
+    /// Let remote catalogs and bundles resolve to loopback, private or
+    /// link-local addresses (off by default: such URLs are refused).
+    #[arg(long, env = "CORDUM_MARKETPLACE_ALLOW_PRIVATE", default_value_t = false)]
+    pub marketplace_allow_private: bool,
+    /// Pack signatures: `off` (not checked), `warn` (unsigned packs install
+    /// with a warning; a bad signature is refused) or `enforce` (only packs
+    /// signed by a trusted key install).
+    #[arg(long, env = "CORDUM_PACK_SIGNATURES", default_value = "warn")]
+    pub pack_signatures: String,
+    /// Trusted pack signing keys: `kid=BASE64` pairs (Ed25519 public keys), comma separated.
+    #[arg(long, env = "CORDUM_PACK_TRUSTED_KEYS", default_value = "")]
+    pub pack_trusted_keys: String,
     /// Base safety policy (YAML), evaluated before pack policy fragments.
     #[arg(long = "policy", env = "SAFETY_POLICY_PATH")]
     pub policy_file: Option<PathBuf>,

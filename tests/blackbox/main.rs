@@ -4,6 +4,7 @@
 mod hardening;
 mod harness;
 mod lifecycle;
+mod packs;
 mod workflows;
 
 use harness::{Gateway, Options, assert_envelope};

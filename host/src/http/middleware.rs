@@ -49,7 +49,9 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
 /// Refuse a declared oversized body before anything reads it, and tell the
 /// JSON extractors the limit for bodies sent without a length.
 pub async fn body_limit(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let limit = app.max_body_bytes;
+    // Pack bundles are larger than any JSON body.
+    let limit =
+        if req.uri().path() == "/api/v1/packs/install" { super::packs::MAX_PACK_UPLOAD } else { app.max_body_bytes };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return ApiError::too_large(limit).into_response();

@@ -12,8 +12,10 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod middleware;
+pub mod packs;
 pub mod policy;
 pub mod pools;
+pub mod schemas;
 pub mod serve;
 pub mod system;
 pub mod workflows;
@@ -52,6 +54,17 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/workflow-runs/{id}/cancel", post(workflows::cancel_run))
         .route("/api/v1/workflow-runs/{id}/timeline", get(workflows::timeline))
         .route("/api/v1/workflow-runs/{id}/rerun", post(workflows::rerun))
+        .route("/api/v1/packs", get(packs::list))
+        .route(
+            "/api/v1/packs/install",
+            post(packs::install).layer(axum::extract::DefaultBodyLimit::max(packs::MAX_PACK_UPLOAD)),
+        )
+        .route("/api/v1/packs/{id}", get(packs::get))
+        .route("/api/v1/packs/{id}/uninstall", post(packs::uninstall))
+        .route("/api/v1/marketplace/packs", get(packs::marketplace))
+        .route("/api/v1/marketplace/install", post(packs::marketplace_install))
+        .route("/api/v1/schemas", get(schemas::list).post(schemas::register))
+        .route("/api/v1/schemas/{*id}", get(schemas::get).put(schemas::put).delete(schemas::delete))
         .route("/api/v1/policy/evaluate", post(policy::evaluate))
         .route("/api/v1/policy/explain", post(policy::explain));
     Router::new()

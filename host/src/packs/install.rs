@@ -8,13 +8,15 @@
 use super::archive::{UnpackLimits, read_bundle};
 use super::catalog::{CatalogEntry, CatalogSource};
 use super::manifest::Manifest;
+use super::overlay;
 use super::registry::{ComponentRecord, InstalledPack, PACK_PREFIX, PackRecord, PackRegistry, PackSource};
-use crate::json_merge::merge_patch;
-use crate::policy::{BUNDLE_PREFIX, PolicyService, StoredBundle};
+use crate::policy::{BUNDLE_PREFIX, PolicyRequest, PolicyService, StoredBundle};
 use crate::runtime::sandbox::SandboxLimits;
 use crate::runtime::{Runtime, World};
 use crate::schema::{SCHEMA_PREFIX, SchemaDoc, SchemaService};
 use crate::store::{BatchOutcome, Op, Store, to_json};
+use crate::workflows::model::WorkflowDef;
+use crate::workflows::validate::validate as validate_workflow;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +45,13 @@ pub struct PackInstaller {
     pub registry: Arc<PackRegistry>,
     pub data_dir: PathBuf,
     pub default_limits: SandboxLimits,
+    /// Checks a bundle's signature (mode and trusted keys from the settings);
+    /// `Ok` carries what is recorded on the pack.
+    pub verify: Verifier,
 }
+
+/// Signature check of an unpacked bundle.
+pub type Verifier = Box<dyn Fn(&[(String, Vec<u8>)]) -> Result<Option<serde_json::Value>, String> + Send + Sync>;
 
 impl PackInstaller {
     fn component_path(&self, digest: &str) -> (String, PathBuf) {
@@ -104,16 +112,29 @@ impl PackInstaller {
         origin: PackSource,
         installed_by: &str,
     ) -> Result<PackRecord, InstallError> {
+        self.install(bytes, Some(expected_sha256), origin, installed_by, false).await
+    }
+
+    /// Install (or, with `upgrade`, replace an installed version of) the pack
+    /// in `bytes`. Every check runs before anything is written; the writes
+    /// are one atomic batch; a failure names its step and leaves nothing.
+    pub async fn install(
+        &self,
+        bytes: &[u8],
+        expected_sha256: Option<&str>,
+        origin: PackSource,
+        installed_by: &str,
+        upgrade: bool,
+    ) -> Result<PackRecord, InstallError> {
         let actual = hex::encode(Sha256::digest(bytes));
-        if !actual.eq_ignore_ascii_case(expected_sha256.trim()) {
-            return Err(fail("digest")(format!(
-                "bundle sha256 {actual} does not match the expected {expected_sha256}"
-            )));
+        if let Some(expected) = expected_sha256
+            && !actual.eq_ignore_ascii_case(expected.trim())
+        {
+            return Err(fail("digest")(format!("bundle sha256 {actual} does not match the expected {expected}")));
         }
-        let files: HashMap<String, Vec<u8>> = read_bundle(bytes, UnpackLimits::default())
-            .map_err(|e| fail("unpack")(e.to_string()))?
-            .into_iter()
-            .collect();
+        let unpacked = read_bundle(bytes, UnpackLimits::default()).map_err(|e| fail("unpack")(e.to_string()))?;
+        let verification = (self.verify)(&unpacked).map_err(fail("signature"))?;
+        let files: HashMap<String, Vec<u8>> = unpacked.into_iter().collect();
         let read = |path: &str, step: &'static str| {
             files
                 .get(path.trim_start_matches("./"))
@@ -126,21 +147,21 @@ impl PackInstaller {
         let manifest = Manifest::parse(manifest_bytes).map_err(fail("manifest"))?;
         let id = manifest.metadata.id.clone();
 
-        // Ownership: a pack id installs once; topics belong to one pack.
+        // Ownership: a pack id installs once (upgrade replaces it); topics belong to one pack.
         let existing =
             self.store.get(&format!("{PACK_PREFIX}{id}")).await.map_err(|e| fail("ownership")(e.to_string()))?;
-        let expected_revision = match &existing {
+        let (expected_revision, previous) = match &existing {
             Some(entry) => {
                 let record: PackRecord = entry.json().map_err(|e| fail("ownership")(e.to_string()))?;
-                if record.status == "ACTIVE" {
+                if record.status == "ACTIVE" && !upgrade {
                     return Err(fail("ownership")(format!(
-                        "pack {id} is already installed (version {})",
+                        "pack {id} is already installed (version {}); install with upgrade to replace it",
                         record.version
                     )));
                 }
-                entry.revision
+                (entry.revision, Some(record).filter(|r| r.status == "ACTIVE"))
             }
-            None => 0,
+            None => (0, None),
         };
         for topic in &manifest.topics {
             if let Some(owner) = self.registry.topic(&topic.name).filter(|t| t.pack_id != id) {
@@ -158,27 +179,43 @@ impl PackInstaller {
             if !value.is_object() {
                 return Err(fail("schemas")(format!("schema {} is not an object", res.id)));
             }
+            if let Some(other) = self.schemas.get(&res.id).and_then(|d| d.pack_id).filter(|p| *p != id) {
+                return Err(fail("schemas")(format!("schema {} belongs to pack {other}", res.id)));
+            }
             self.schemas.check_schema(&value).map_err(|e| fail("schemas")(format!("schema {}: {e}", res.id)))?;
             let doc = SchemaDoc::new(&res.id, value, Some(id.clone()));
             schema_digests.insert(doc.id.clone(), doc.sha256.clone());
             schema_docs.push(doc);
         }
 
-        // Workflows: stored as JSON documents.
+        // Workflows: valid definitions whose schemas exist once installed.
         let mut workflows = Vec::new();
         let mut workflow_digests = BTreeMap::new();
         for res in &manifest.resources.workflows {
             let raw = read(&res.path, "workflows")?;
             let value: serde_json::Value =
                 serde_yaml::from_slice(raw).map_err(|e| fail("workflows")(format!("workflow {}: {e}", res.id)))?;
-            if !value.is_object() {
-                return Err(fail("workflows")(format!("workflow {} is not an object", res.id)));
+            let mut def: WorkflowDef = serde_json::from_value(value.clone())
+                .map_err(|e| fail("workflows")(format!("workflow {}: {e}", res.id)))?;
+            if !def.id.is_empty() && def.id != res.id {
+                return Err(fail("workflows")(format!("workflow {} declares id {:?}", res.id, def.id)));
+            }
+            def.id = res.id.clone();
+            validate_workflow(&def).map_err(|e| fail("workflows")(format!("workflow {}: {e}", res.id)))?;
+            for step in def.steps.values() {
+                if let Some(schema) = &step.input_schema_id
+                    && self.schemas.get(schema).is_none()
+                    && !manifest.resources.schemas.iter().any(|s| &s.id == schema)
+                {
+                    return Err(fail("workflows")(format!("workflow {}: unknown schema {schema}", res.id)));
+                }
             }
             workflow_digests.insert(res.id.clone(), hex::encode(Sha256::digest(value.to_string().as_bytes())));
             workflows.push((res.id.clone(), value));
         }
 
-        // Policy fragments: checked together with the active policy.
+        // Policy fragments: checked together with the active policy (an
+        // upgraded pack's old fragments taken out).
         let mut fragments = Vec::new();
         for overlay in &manifest.overlays.policy {
             let raw = read(&overlay.path, "policy")?;
@@ -187,6 +224,13 @@ impl PackInstaller {
             fragments
                 .push((format!("{id}/{}", if overlay.name.is_empty() { "default" } else { &overlay.name }), content));
         }
+        let mut draft: Vec<(String, Option<String>)> = previous
+            .iter()
+            .flat_map(|p| p.policy_fragments.iter())
+            .filter(|b| !fragments.iter().any(|(f, _)| f == *b))
+            .map(|b| (b.clone(), None))
+            .collect();
+        draft.extend(fragments.iter().map(|(b, c)| (b.clone(), Some(c.clone()))));
         if !fragments.is_empty() {
             let diags = self.policy.check_with(&fragments).map_err(|e| fail("policy")(e.to_string()))?;
             if !diags.is_empty() {
@@ -196,6 +240,19 @@ impl PackInstaller {
                     .collect::<Vec<_>>()
                     .join("; ");
                 return Err(fail("policy")(text));
+            }
+        }
+        // The manifest's own expectations, against the policy as it will be.
+        for (name, request, expected) in simulations(&manifest).map_err(fail("policy_simulations"))? {
+            let got =
+                self.policy.evaluate_with(&draft, &request).map_err(|e| fail("policy_simulations")(e.to_string()))?;
+            if got.decision.as_str() != expected {
+                return Err(fail("policy_simulations")(format!(
+                    "simulation {name:?} expected {expected} but the policy decides {} (rule {:?}: {})",
+                    got.decision.as_str(),
+                    got.rule_id,
+                    got.reason
+                )));
             }
         }
 
@@ -225,14 +282,18 @@ impl PackInstaller {
             component = Some(loaded);
         }
 
-        // Config overlays merged into the system config document.
+        // Config overlays merged into the system config document, leaf by
+        // leaf, so uninstall can take them back exactly.
         let mut ops = Vec::new();
-        if !manifest.overlays.config.is_empty() {
+        let mut config_changes = Vec::new();
+        let old_changes = previous.as_ref().map(|p| p.config_changes.as_slice()).unwrap_or_default();
+        if !manifest.overlays.config.is_empty() || !old_changes.is_empty() {
             let current = self.store.get(SYSTEM_CONFIG_KEY).await.map_err(|e| fail("config")(e.to_string()))?;
             let (mut doc, revision) = match &current {
                 Some(e) => (e.json::<serde_json::Value>().map_err(|e| fail("config")(e.to_string()))?, e.revision),
                 None => (serde_json::json!({"scope": "system", "scope_id": "default", "data": {}}), 0),
             };
+            overlay::revert(&mut doc["data"], old_changes);
             for overlay in &manifest.overlays.config {
                 let raw = read(&overlay.path, "config")?;
                 let patch: serde_json::Value = serde_yaml::from_slice(raw)
@@ -240,7 +301,7 @@ impl PackInstaller {
                 if !patch.is_object() {
                     return Err(fail("config")(format!("overlay {} is not an object", overlay.name)));
                 }
-                merge_patch(&mut doc["data"][&overlay.key], &patch);
+                config_changes.extend(overlay::apply_tracked(&mut doc["data"], &overlay.key, &patch));
             }
             doc["updated_at"] = serde_json::json!(Utc::now());
             ops.push(Op::PutIfRevision {
@@ -264,6 +325,9 @@ impl PackInstaller {
             policy_fragments: fragments.iter().map(|(b, _)| b.clone()).collect(),
             component: component_record,
             source: origin,
+            config_changes,
+            verification,
+            uninstalled_at: None,
         };
         ops.push(Op::PutIfRevision {
             key: format!("{PACK_PREFIX}{id}"),
@@ -271,6 +335,20 @@ impl PackInstaller {
             expected: expected_revision,
             ttl: None,
         });
+        // What an upgraded version no longer has goes away.
+        let mut dropped_schemas = Vec::new();
+        if let Some(old) = &previous {
+            for schema in old.schemas.keys().filter(|s| !record.schemas.contains_key(*s)) {
+                ops.push(Op::Delete { key: format!("{SCHEMA_PREFIX}{schema}") });
+                dropped_schemas.push(schema.clone());
+            }
+            for wf in old.workflows.keys().filter(|w| !record.workflows.contains_key(*w)) {
+                ops.push(Op::Delete { key: format!("workflow:{wf}") });
+            }
+            for bundle in old.policy_fragments.iter().filter(|b| !record.policy_fragments.contains(b)) {
+                ops.push(Op::Delete { key: format!("{BUNDLE_PREFIX}{bundle}") });
+            }
+        }
         for doc in &schema_docs {
             ops.push(Op::put_json(format!("{SCHEMA_PREFIX}{}", doc.id), doc));
         }
@@ -296,6 +374,9 @@ impl PackInstaller {
                 ));
             }
         }
+        for schema in dropped_schemas {
+            self.schemas.unregister(&schema);
+        }
 
         // Activate: schemas, policy snapshot, topics and component.
         for doc in schema_docs {
@@ -307,4 +388,127 @@ impl PackInstaller {
         tracing::info!(pack = %id, version = %record.version, "pack installed");
         Ok(record)
     }
+
+    /// Uninstall an active pack: take back exactly what its install added
+    /// (config leaves get their old values, its schemas, workflows, policy
+    /// fragments and topics go). The record stays, `DISABLED`.
+    pub async fn uninstall(&self, id: &str, by: &str) -> Result<PackRecord, InstallError> {
+        let step = fail("uninstall");
+        let key = format!("{PACK_PREFIX}{id}");
+        for _ in 0..8 {
+            let entry = self.store.get(&key).await.map_err(|e| step(e.to_string()))?;
+            let Some(entry) = entry else { return Err(not_installed(id)) };
+            let mut record: PackRecord = entry.json().map_err(|e| step(e.to_string()))?;
+            if record.status != "ACTIVE" {
+                return Err(not_installed(id));
+            }
+            let mut ops = Vec::new();
+            let mut kept = Vec::new();
+            if !record.config_changes.is_empty()
+                && let Some(current) = self.store.get(SYSTEM_CONFIG_KEY).await.map_err(|e| step(e.to_string()))?
+            {
+                let mut doc: serde_json::Value = current.json().map_err(|e| step(e.to_string()))?;
+                kept = overlay::revert(&mut doc["data"], &record.config_changes);
+                doc["updated_at"] = serde_json::json!(Utc::now());
+                ops.push(Op::PutIfRevision {
+                    key: SYSTEM_CONFIG_KEY.into(),
+                    value: to_json(&doc),
+                    expected: current.revision,
+                    ttl: None,
+                });
+            }
+            let owned_schemas: Vec<String> = record
+                .schemas
+                .keys()
+                .filter(|s| self.schemas.get(s).is_none_or(|d| d.pack_id.as_deref() == Some(id)))
+                .cloned()
+                .collect();
+            for schema in &owned_schemas {
+                ops.push(Op::Delete { key: format!("{SCHEMA_PREFIX}{schema}") });
+            }
+            for wf in record.workflows.keys() {
+                ops.push(Op::Delete { key: format!("workflow:{wf}") });
+            }
+            for bundle in &record.policy_fragments {
+                ops.push(Op::Delete { key: format!("{BUNDLE_PREFIX}{bundle}") });
+            }
+            record.status = "DISABLED".into();
+            record.uninstalled_at = Some(Utc::now());
+            ops.push(Op::PutIfRevision {
+                key: key.clone(),
+                value: to_json(&record),
+                expected: entry.revision,
+                ttl: None,
+            });
+            match self.store.apply(ops).await.map_err(|e| step(e.to_string()))? {
+                BatchOutcome::Applied(_) => {}
+                BatchOutcome::Conflict { .. } => continue,
+            }
+            for schema in &owned_schemas {
+                self.schemas.unregister(schema);
+            }
+            self.registry.remove(id);
+            self.policy.reload().await.map_err(|e| fail("activate")(e.to_string()))?;
+            if !kept.is_empty() {
+                tracing::warn!(pack = %id, leaves = ?kept, "config changed since the install was left as it is");
+            }
+            tracing::info!(pack = %id, %by, "pack uninstalled");
+            return Ok(record);
+        }
+        Err(step("the pack or the config kept changing; retry".into()))
+    }
+}
+
+fn not_installed(id: &str) -> InstallError {
+    InstallError { step: "lookup", message: format!("pack {id} is not installed") }
+}
+
+/// The manifest's `tests.policySimulations`: (name, request, expected decision).
+fn simulations(manifest: &Manifest) -> Result<Vec<(String, PolicyRequest, String)>, String> {
+    let strings = |v: &serde_json::Value, key: &str| -> Vec<String> {
+        v.get(key)
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or("").to_string();
+    let mut out = Vec::new();
+    for (i, sim) in manifest.tests.policy_simulations.iter().enumerate() {
+        let name = sim.get("name").and_then(|n| n.as_str()).map(str::to_string).unwrap_or_else(|| format!("#{i}"));
+        let request = sim.get("request").ok_or_else(|| format!("simulation {name:?} has no request"))?;
+        let expected = text(sim, "expectDecision").to_ascii_uppercase();
+        let expected = match expected.trim_start_matches("DECISION_TYPE_") {
+            "REQUIRE_HUMAN" => "REQUIRE_APPROVAL".to_string(),
+            "" => return Err(format!("simulation {name:?} has no expectDecision")),
+            other => other.to_string(),
+        };
+        if !matches!(expected.as_str(), "ALLOW" | "DENY" | "REQUIRE_APPROVAL" | "THROTTLE" | "ALLOW_WITH_CONSTRAINTS") {
+            return Err(format!("simulation {name:?}: unknown expectDecision {expected:?}"));
+        }
+        let labels = request
+            .get("labels")
+            .and_then(|l| l.as_object())
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .unwrap_or_default();
+        let tenant = text(request, "tenantId");
+        let pack_id = text(request, "packId");
+        out.push((
+            name,
+            PolicyRequest {
+                job_id: format!("simulation-{i}"),
+                topic: text(request, "topic"),
+                tenant: if tenant.is_empty() { "default".into() } else { tenant },
+                principal_id: text(request, "principalId"),
+                actor_id: text(request, "actorId"),
+                actor_type: text(request, "actorType"),
+                capability: text(request, "capability"),
+                risk_tags: strings(request, "riskTags"),
+                requires: strings(request, "requires"),
+                pack_id: if pack_id.is_empty() { manifest.metadata.id.clone() } else { pack_id },
+                labels,
+            },
+            expected,
+        ));
+    }
+    Ok(out)
 }

@@ -5,7 +5,10 @@ pub mod archive;
 pub mod catalog;
 pub mod install;
 pub mod manifest;
+pub mod market;
+pub mod overlay;
 pub mod registry;
 pub mod runner;
+pub mod service;
 
 pub use registry::{InstalledPack, PackRecord, PackRegistry, TopicEntry};

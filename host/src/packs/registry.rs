@@ -30,6 +30,14 @@ pub struct PackRecord {
     pub policy_fragments: Vec<String>,
     pub component: Option<ComponentRecord>,
     pub source: PackSource,
+    /// Config leaves the overlays changed (taken back at uninstall).
+    #[serde(default)]
+    pub config_changes: Vec<super::overlay::ConfigLeaf>,
+    /// Signature check outcome (`signed`, `key_id`, `warnings`).
+    #[serde(default)]
+    pub verification: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uninstalled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +110,13 @@ impl PackRegistry {
             );
         }
         state.packs.insert(id, Arc::new(pack));
+    }
+
+    /// Forget a pack and its topics.
+    pub fn remove(&self, id: &str) {
+        let mut state = self.state.write();
+        state.topics.retain(|_, t| t.pack_id != id);
+        state.packs.remove(id);
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicEntry> {

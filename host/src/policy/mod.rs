@@ -195,6 +195,44 @@ impl PolicyService {
         self.check(&self.snapshot_from(bundles).bundles_with_base(self.base.as_ref()))
     }
 
+    /// Decide `request` as if `extra` bundles were added to the active
+    /// policy (replacing bundles with the same ids; `None` content removes
+    /// one), in a fresh instance: nothing is stored, the active snapshot and
+    /// warm instances are untouched.
+    pub fn evaluate_with(
+        &self,
+        extra: &[(String, Option<String>)],
+        request: &PolicyRequest,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let mut bundles = self.active().bundles.clone();
+        for (id, content) in extra {
+            bundles.retain(|(b, _)| b != id);
+            if let Some(content) = content {
+                bundles.push((id.clone(), content.clone()));
+            }
+        }
+        bundles.sort_by(|a, b| a.0.cmp(&b.0));
+        let draft = self.snapshot_from(bundles);
+        let wit_bundles: Vec<wit::Bundle> = draft
+            .bundles_with_base(self.base.as_ref())
+            .into_iter()
+            .map(|(id, content)| wit::Bundle { id, content })
+            .collect();
+        let mut instance = self.instantiate("system")?;
+        self.runtime.arm(&mut instance.store, self.limits);
+        let evaluator = instance.bindings.cordum_policy_evaluator();
+        match evaluator.call_load(&mut instance.store, &wit_bundles) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        }
+        match evaluator.call_evaluate(&mut instance.store, &request.to_wit()) {
+            Ok(Ok(decision)) => Ok(PolicyDecision::from_wit(decision, &draft.id)),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        }
+    }
+
     fn instantiate(&self, tenant: &str) -> Result<WarmPolicy, PluginError> {
         let Prepared::Policy(pre) = &self.component.prepared else {
             return Err(PluginError::Instantiate("not a policy component".into()));

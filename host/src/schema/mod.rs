@@ -7,6 +7,7 @@
 use crate::runtime::sandbox::SandboxLimits;
 use crate::runtime::warm::WarmPool;
 use crate::runtime::{HostState, LoadedComponent, PluginError, Prepared, Runtime};
+use crate::store::Store;
 use cordum_bindings::schema::SchemaPlugin;
 use cordum_bindings::schema::exports::cordum::schema::validator as wit;
 use parking_lot::RwLock;
@@ -55,6 +56,22 @@ pub enum SchemaError {
     InvalidDocument(String),
     #[error("{0}")]
     Plugin(#[from] PluginError),
+    #[error("invalid schema id {0:?}: 1-256 characters of letters, digits and ._-/:, not starting or ending with /")]
+    InvalidId(String),
+    #[error("schema {id} belongs to pack {pack}; uninstall or upgrade the pack to change it")]
+    Owned { id: String, pack: String },
+    #[error("schema store unavailable: {0}")]
+    Store(String),
+}
+
+/// Schema ids: `pack/Name` style, letters, digits and `._-/:`.
+pub fn valid_schema_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && !id.starts_with('/')
+        && !id.ends_with('/')
+        && id.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && id.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'/' | b':'))
 }
 
 struct WarmSchema {
@@ -80,6 +97,62 @@ impl SchemaService {
     pub fn register(&self, doc: SchemaDoc) {
         let text = doc.schema.to_string();
         self.schemas.write().insert(doc.id.clone(), Arc::new((doc, text)));
+    }
+
+    /// Stop offering a schema (after it was deleted from the store).
+    pub fn unregister(&self, id: &str) {
+        self.schemas.write().remove(id);
+    }
+
+    /// Every registered schema, by id.
+    pub fn list(&self) -> Vec<SchemaDoc> {
+        let mut docs: Vec<SchemaDoc> = self.schemas.read().values().map(|d| d.0.clone()).collect();
+        docs.sort_by(|a, b| a.id.cmp(&b.id));
+        docs
+    }
+
+    /// Register a schema through the API: compiled by the schema component
+    /// first (a broken one is refused with the reason), stored, then
+    /// offered. A pack's schema cannot be replaced this way. Returns whether
+    /// the id is new.
+    pub async fn register_stored(
+        &self,
+        store: &dyn Store,
+        id: &str,
+        schema: serde_json::Value,
+    ) -> Result<bool, SchemaError> {
+        if !valid_schema_id(id) {
+            return Err(SchemaError::InvalidId(id.to_string()));
+        }
+        if !schema.is_object() && !schema.is_boolean() {
+            return Err(SchemaError::InvalidSchema("a schema is a JSON object (or a boolean)".into()));
+        }
+        if let Some(owner) = self.get(id).and_then(|d| d.pack_id) {
+            return Err(SchemaError::Owned { id: id.to_string(), pack: owner });
+        }
+        self.check_schema(&schema)?;
+        let doc = SchemaDoc::new(id, schema, None);
+        let key = format!("{SCHEMA_PREFIX}{id}");
+        let existed = store.get(&key).await.map_err(|e| SchemaError::Store(e.to_string()))?.is_some();
+        store
+            .apply(vec![crate::store::Op::put_json(key, &doc)])
+            .await
+            .map_err(|e| SchemaError::Store(e.to_string()))?;
+        self.register(doc);
+        Ok(!existed)
+    }
+
+    /// Delete an API-registered schema (absent is fine; a pack's is refused).
+    pub async fn delete_stored(&self, store: &dyn Store, id: &str) -> Result<(), SchemaError> {
+        if let Some(owner) = self.get(id).and_then(|d| d.pack_id) {
+            return Err(SchemaError::Owned { id: id.to_string(), pack: owner });
+        }
+        store
+            .apply(vec![crate::store::Op::Delete { key: format!("{SCHEMA_PREFIX}{id}") }])
+            .await
+            .map_err(|e| SchemaError::Store(e.to_string()))?;
+        self.unregister(id);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<SchemaDoc> {
