@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (crate file stem, copy into OUT_DIR as)
-const COMPONENTS: &[&str] = &["policy_rules", "json_schema", "hello_pack", "hostile_pack"];
+const COMPONENTS: &[&str] = &["policy_rules", "json_schema", "hello_pack", "hostile_pack", "deny_all_policy"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -73,6 +73,8 @@ fn main() {
                     "url": tgz.display().to_string(), "sha256": digest, "default": true}]
     });
     std::fs::write(test_dir.join("catalog.json"), serde_json::to_vec_pretty(&test_catalog).unwrap()).unwrap();
+    // A tenant policy component for the tests (denies everything).
+    std::fs::copy(release.join("deny_all_policy.wasm"), test_dir.join("deny-all-policy.wasm")).unwrap();
     println!("cargo:rustc-env=CORDUM_TEST_PACKS_DIR={}", test_dir.display());
     println!("cargo:rustc-env=CORDUM_GUEST_WASM_DIR={}", release.display());
 }

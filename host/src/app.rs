@@ -16,6 +16,7 @@ use crate::packs::market::{CatalogLocation, Marketplace, local_source};
 use crate::packs::runner::PackRunner;
 use crate::packs::service::PackService;
 use crate::policy::PolicyService;
+use crate::policy::tenant::TenantPolicies;
 use crate::runtime::{Runtime, World};
 use crate::schema::SchemaService;
 use crate::settings::ServeArgs;
@@ -84,6 +85,9 @@ impl App {
         };
         let policy_component = runtime.load(POLICY_RULES_WASM, World::Policy)?;
         let policy = Arc::new(PolicyService::new(runtime.clone(), policy_component, store.clone(), base));
+        let tenant_policies = Arc::new(TenantPolicies::new(runtime.clone(), store.clone(), data.clone()));
+        tenant_policies.load_stored().await?;
+        policy.set_tenant_policies(tenant_policies);
         let schema_component = runtime.load(JSON_SCHEMA_WASM, World::Schema)?;
         let schemas = Arc::new(SchemaService::new(runtime.clone(), schema_component));
         let registry = Arc::new(PackRegistry::new());

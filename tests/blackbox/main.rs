@@ -5,6 +5,7 @@ mod hardening;
 mod harness;
 mod lifecycle;
 mod packs;
+mod policy_components;
 mod workflows;
 
 use harness::{Gateway, Options, assert_envelope};

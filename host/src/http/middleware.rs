@@ -50,8 +50,11 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
 /// JSON extractors the limit for bodies sent without a length.
 pub async fn body_limit(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     // Pack bundles are larger than any JSON body.
-    let limit =
-        if req.uri().path() == "/api/v1/packs/install" { super::packs::MAX_PACK_UPLOAD } else { app.max_body_bytes };
+    let limit = match req.uri().path() {
+        "/api/v1/packs/install" => super::packs::MAX_PACK_UPLOAD,
+        "/api/v1/policy/component" => crate::policy::tenant::MAX_COMPONENT_BYTES,
+        _ => app.max_body_bytes,
+    };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return ApiError::too_large(limit).into_response();

@@ -65,6 +65,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/marketplace/install", post(packs::marketplace_install))
         .route("/api/v1/schemas", get(schemas::list).post(schemas::register))
         .route("/api/v1/schemas/{*id}", get(schemas::get).put(schemas::put).delete(schemas::delete))
+        .route(
+            "/api/v1/policy/component",
+            get(policy::get_component)
+                .put(policy::put_component)
+                .delete(policy::delete_component)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::policy::tenant::MAX_COMPONENT_BYTES)),
+        )
         .route("/api/v1/policy/evaluate", post(policy::evaluate))
         .route("/api/v1/policy/explain", post(policy::explain));
     Router::new()

@@ -194,3 +194,45 @@ pub async fn explain(
     out["trace"] = serde_json::to_value(trace).unwrap_or_default();
     Ok(Json(out))
 }
+
+fn tenant_policy_error(e: crate::policy::tenant::TenantPolicyError) -> ApiError {
+    use crate::policy::tenant::TenantPolicyError as E;
+    match e {
+        E::Invalid(m) => ApiError::bad_request(m).code("invalid_policy_component"),
+        E::NotFound => ApiError::not_found("no policy component is installed for this tenant"),
+        E::Store(e) => ApiError::unavailable(e),
+    }
+}
+
+fn tenant_policies(app: &App) -> Result<&std::sync::Arc<crate::policy::tenant::TenantPolicies>, ApiError> {
+    app.policy.tenant_policies().ok_or_else(|| ApiError::unavailable("tenant policy components are not set up"))
+}
+
+/// `PUT /api/v1/policy/component`: the caller's tenant's own policy
+/// component (the `.wasm` as the body). It must implement `cordum:policy`.
+pub async fn put_component(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let by = caller.auth.principal_id.clone().unwrap_or_else(|| caller.auth.key_id.clone());
+    let bundles = app.policy.active_bundles();
+    let record =
+        tenant_policies(&app)?.install(&caller.tenant, &body, &bundles, &by).await.map_err(tenant_policy_error)?;
+    Ok(Json(serde_json::to_value(record).unwrap_or_default()))
+}
+
+pub async fn get_component(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let record = tenant_policies(&app)?
+        .get(&caller.tenant)
+        .ok_or_else(|| tenant_policy_error(crate::policy::tenant::TenantPolicyError::NotFound))?;
+    Ok(Json(serde_json::to_value(record).unwrap_or_default()))
+}
+
+pub async fn delete_component(State(app): State<Arc<App>>, caller: Caller) -> Result<axum::http::StatusCode, ApiError> {
+    caller.require_admin()?;
+    tenant_policies(&app)?.remove(&caller.tenant).await.map_err(tenant_policy_error)?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

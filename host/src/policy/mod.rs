@@ -10,6 +10,7 @@
 
 pub mod model;
 pub mod output;
+pub mod tenant;
 
 use crate::runtime::sandbox::SandboxLimits;
 use crate::runtime::warm::WarmPool;
@@ -90,6 +91,8 @@ pub struct PolicyService {
     active: RwLock<Arc<PolicySnapshot>>,
     warm: WarmPool<WarmPolicy>,
     limits: SandboxLimits,
+    /// Tenants' own policy components, run after the rules (tighten only).
+    tenants: std::sync::OnceLock<Arc<tenant::TenantPolicies>>,
 }
 
 fn sha_hex(data: &[u8]) -> String {
@@ -132,7 +135,16 @@ impl PolicyService {
     ) -> Self {
         let limits = runtime.limits.plugin;
         let empty = Arc::new(PolicySnapshot { id: snapshot_id(base.as_ref(), &[]), bundles: Vec::new() });
-        Self { runtime, component, store, base, active: RwLock::new(empty), warm: WarmPool::new(8), limits }
+        Self {
+            runtime,
+            component,
+            store,
+            base,
+            active: RwLock::new(empty),
+            warm: WarmPool::new(8),
+            limits,
+            tenants: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn active(&self) -> Arc<PolicySnapshot> {
@@ -287,7 +299,28 @@ impl PolicyService {
         let req = request.to_wit();
         let (decision, snapshot) =
             self.with_instance(tenant, |i| i.bindings.cordum_policy_evaluator().call_evaluate(&mut i.store, &req))?;
-        Ok(PolicyDecision::from_wit(decision, &snapshot.id))
+        let decision = PolicyDecision::from_wit(decision, &snapshot.id);
+        Ok(match self.tenants.get() {
+            Some(tenants) => {
+                let bundles = snapshot.bundles_with_base(self.base.as_ref());
+                tenants.tighten(tenant, (&snapshot.id, &bundles), request, decision)
+            }
+            None => decision,
+        })
+    }
+
+    /// Install the per-tenant components consulted after the rules.
+    pub fn set_tenant_policies(&self, tenants: Arc<tenant::TenantPolicies>) {
+        let _ = self.tenants.set(tenants);
+    }
+
+    pub fn tenant_policies(&self) -> Option<&Arc<tenant::TenantPolicies>> {
+        self.tenants.get()
+    }
+
+    /// The active snapshot's bundles in merge order (base first).
+    pub fn active_bundles(&self) -> Vec<(String, String)> {
+        self.active().bundles_with_base(self.base.as_ref())
     }
 
     /// Decide and return the trace of every rule considered.
