@@ -13,6 +13,7 @@ use crate::packs::PackRegistry;
 use crate::packs::catalog::CatalogSource;
 use crate::packs::install::PackInstaller;
 use crate::packs::market::{CatalogLocation, Marketplace, local_source};
+use crate::packs::plugins::Plugins;
 use crate::packs::runner::PackRunner;
 use crate::packs::service::PackService;
 use crate::policy::PolicyService;
@@ -114,7 +115,7 @@ impl App {
                 }
             }
             for source in &sources {
-                for entry in source.catalog.packs.iter().filter(|e| e.default) {
+                for entry in source.catalog.packs.iter().filter(|e| e.default && e.kind == "pack") {
                     if registry.pack(&entry.id).is_some() {
                         continue;
                     }
@@ -165,8 +166,17 @@ impl App {
             Duration::from_secs(args.idempotency_ttl_seconds),
         );
         let recovered = dispatcher.recover().await.map_err(anyhow::Error::msg)?;
+        let plugins = Plugins {
+            runtime: runtime.clone(),
+            store: store.clone(),
+            policy: policy.clone(),
+            schemas: schemas.clone(),
+            data_dir: data.clone(),
+        };
+        plugins.load_stored().await.map_err(anyhow::Error::msg)?;
         let packs = PackService::new(
             installer,
+            plugins,
             Marketplace::new(&args.catalogs, args.marketplace_allow_private),
             dispatcher.clone(),
             pools.clone(),

@@ -422,3 +422,62 @@ fn schema_ids_with_a_slash_round_trip() {
     }
     assert_envelope(gw.get(ADMIN, None, "/api/v1/schemas/team%2FThing"), 404);
 }
+
+fn plugin_bundle(id: &str, world: &str, wasm: Vec<u8>) -> Vec<u8> {
+    let manifest = format!(
+        "apiVersion: cordum.io/v1alpha1\nkind: Plugin\nmetadata:\n  id: {id}\n  version: 1.0.0\ncomponent:\n  path: plugin.wasm\n  world: {world}\n"
+    );
+    tgz(&[("plugin.yaml", manifest.into_bytes()), ("plugin.wasm", wasm)])
+}
+
+#[test]
+fn plugins_from_the_marketplace_install_per_tenant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deny_all = std::fs::read(Path::new(TEST_PACKS).join("deny-all-policy.wasm")).unwrap();
+    let validator = std::fs::read(Path::new(env!("CORDUM_GUEST_WASM_DIR")).join("json_schema.wasm")).unwrap();
+    let policy = plugin_bundle("strict", "cordum:policy/policy-plugin@0.1.0", deny_all.clone());
+    let schema = plugin_bundle("alt-validator", "cordum:schema/schema-plugin@0.1.0", validator);
+    let wrong = plugin_bundle("wrong-world", "cordum:schema/schema-plugin@0.1.0", deny_all);
+    let mut packs = Vec::new();
+    for (id, kind, bundle) in [
+        ("strict", "policy-component", &policy),
+        ("alt-validator", "schema-validator", &schema),
+        ("wrong-world", "schema-validator", &wrong),
+    ] {
+        std::fs::write(tmp.path().join(format!("{id}.tgz")), bundle).unwrap();
+        packs.push(json!({"id": id, "version": "1.0.0", "kind": kind, "url": format!("{id}.tgz"),
+                          "sha256": hex::encode(Sha256::digest(bundle))}));
+    }
+    std::fs::write(tmp.path().join("catalog.json"), serde_json::to_vec(&json!({"packs": packs})).unwrap()).unwrap();
+    let gw = Gateway::start(Options {
+        env: keys_env(),
+        args: vec!["--catalog".into(), tmp.path().display().to_string()],
+        ..Default::default()
+    });
+    // A tenant admin installs a policy engine for its own tenant.
+    let resp = gw.post(ACME_ADMIN, None, "/api/v1/marketplace/install", &json!({"pack_id": "strict"}));
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap());
+    let denied = assert_envelope(gw.post(ACME_ADMIN, None, "/api/v1/jobs", &echo("acme")), 403);
+    assert_eq!(denied["rule_id"], "tenant:tenant-deny-all");
+    let (status, _) = gw.submit(GLOBEX, None, echo("globex"));
+    assert_eq!(status, 200, "another tenant is not affected");
+    let item = |key: &str, id: &str| -> Value {
+        let market: Value = gw.get(key, None, "/api/v1/marketplace/packs").json().unwrap();
+        market["items"].as_array().unwrap().iter().find(|i| i["id"] == id).cloned().unwrap()
+    };
+    assert_eq!(item(ACME_ADMIN, "strict")["installed_version"], "1.0.0");
+    assert_eq!(item(ACME_ADMIN, "strict")["kind"], "policy-component");
+    assert!(item(GLOBEX, "strict")["installed_version"].is_null());
+    let component: Value = gw.get(ACME_ADMIN, None, "/api/v1/policy/component").json().unwrap();
+    assert_eq!(component["plugin"], "strict@1.0.0");
+    // A schema validator for globex: validation goes on through it.
+    let resp = gw.post(GLOBEX, None, "/api/v1/marketplace/install", &json!({"pack_id": "alt-validator"}));
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap());
+    assert_eq!(item(GLOBEX, "alt-validator")["installed_version"], "1.0.0");
+    let bad = gw.post(GLOBEX, None, "/api/v1/jobs", &json!({"topic": "job.hello-pack.echo", "input": {}}));
+    assert_eq!(assert_envelope(bad, 400)["code"], "schema_validation_failed");
+    // A plugin whose component does not implement its kind's world is refused.
+    let resp = gw.post(GLOBEX, None, "/api/v1/marketplace/install", &json!({"pack_id": "wrong-world"}));
+    let env = assert_envelope(resp, 400);
+    assert!(env["error"].as_str().unwrap().contains("cordum:schema"), "{env}");
+}

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::extract::{Caller, JsonOrEmpty, StrictJson};
 use crate::app::App;
-use crate::packs::service::PackError;
+use crate::packs::service::{Installer, PackError};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
@@ -32,6 +32,8 @@ pub fn pack_error(e: PackError) -> ApiError {
         PackError::NotFound(m) => ApiError::not_found(m).code("PACK_NOT_FOUND"),
         PackError::Marketplace(m) => ApiError::bad_request(m).code("PACK_MARKETPLACE_INVALID"),
         PackError::Store(detail) => ApiError::unavailable(detail),
+        PackError::Forbidden(m) => ApiError::forbidden(m).code("operator_required"),
+        PackError::Plugin(m) => ApiError::bad_request(m).code("PLUGIN_INSTALL_INVALID"),
     }
 }
 
@@ -136,7 +138,7 @@ pub async fn uninstall(
 
 pub async fn marketplace(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let (catalogs, items) = app.packs.marketplace().await.map_err(pack_error)?;
+    let (catalogs, items) = app.packs.marketplace(&caller.tenant).await.map_err(pack_error)?;
     Ok(Json(json!({"catalogs": catalogs, "items": items, "fetched_at": chrono::Utc::now()})))
 }
 
@@ -161,7 +163,7 @@ pub async fn marketplace_install(
     caller: Caller,
     StrictJson(body): StrictJson<MarketInstall>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&caller)?;
+    caller.require_admin()?;
     for (name, set) in [("force", body.force), ("inactive", body.inactive)] {
         if set {
             return Err(ApiError::bad_request(format!("{name} is not supported"))
@@ -172,16 +174,18 @@ pub async fn marketplace_install(
     if body.pack_id.trim().is_empty() {
         return Err(ApiError::bad_request("pack_id is required").code("PACK_INSTALL_INVALID").with("field", "pack_id"));
     }
-    let record = app
+    let by = who(&caller);
+    let installer = Installer { tenant: &caller.tenant, by: &by, operator: caller.auth.allow_cross_tenant };
+    let installed = app
         .packs
         .install_market(
+            installer,
             body.catalog_id.as_deref().filter(|c| !c.is_empty()),
             body.pack_id.trim(),
             body.version.as_deref().filter(|v| !v.is_empty()),
-            &who(&caller),
             body.upgrade,
         )
         .await
         .map_err(pack_error)?;
-    Ok(Json(serde_json::to_value(record).unwrap_or_default()))
+    Ok(Json(installed))
 }

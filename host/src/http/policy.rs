@@ -218,8 +218,10 @@ pub async fn put_component(
     caller.require_admin()?;
     let by = caller.auth.principal_id.clone().unwrap_or_else(|| caller.auth.key_id.clone());
     let bundles = app.policy.active_bundles();
-    let record =
-        tenant_policies(&app)?.install(&caller.tenant, &body, &bundles, &by).await.map_err(tenant_policy_error)?;
+    let record = tenant_policies(&app)?
+        .install(&caller.tenant, &body, &bundles, &by, None)
+        .await
+        .map_err(tenant_policy_error)?;
     Ok(Json(serde_json::to_value(record).unwrap_or_default()))
 }
 

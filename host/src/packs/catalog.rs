@@ -44,6 +44,13 @@ pub struct CatalogEntry {
     /// Installed on first start with an empty data dir.
     #[serde(default)]
     pub default: bool,
+    /// `pack` (default), or a plugin: `policy-component`, `schema-validator`.
+    #[serde(default = "pack_kind")]
+    pub kind: String,
+}
+
+fn pack_kind() -> String {
+    "pack".into()
 }
 
 /// A catalog and where it came from.

@@ -7,6 +7,7 @@ pub mod install;
 pub mod manifest;
 pub mod market;
 pub mod overlay;
+pub mod plugins;
 pub mod registry;
 pub mod runner;
 pub mod service;

@@ -6,6 +6,7 @@
 
 use super::install::{InstallError, PackInstaller};
 use super::market::{MarketError, Marketplace};
+use super::plugins::Plugins;
 use super::registry::{PACK_PREFIX, PackRecord, PackSource};
 use crate::jobs::dispatch::Dispatcher;
 use crate::jobs::pools::PoolManager;
@@ -23,6 +24,18 @@ pub enum PackError {
     Marketplace(String),
     #[error("pack store unavailable: {0}")]
     Store(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("plugin install failed: {0}")]
+    Plugin(String),
+}
+
+/// Who asks for a marketplace install.
+pub struct Installer<'a> {
+    pub tenant: &'a str,
+    pub by: &'a str,
+    /// An operator key (may change what every tenant shares: packs).
+    pub operator: bool,
 }
 
 /// A marketplace item: the newest catalog version and the install state.
@@ -38,6 +51,7 @@ pub struct MarketItem {
 
 pub struct PackService {
     installer: PackInstaller,
+    plugins: Plugins,
     marketplace: Marketplace,
     dispatcher: Arc<Dispatcher>,
     pools: Arc<PoolManager>,
@@ -46,15 +60,17 @@ pub struct PackService {
 }
 
 impl PackService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         installer: PackInstaller,
+        plugins: Plugins,
         marketplace: Marketplace,
         dispatcher: Arc<Dispatcher>,
         pools: Arc<PoolManager>,
         store: Arc<dyn Store>,
         pack_concurrency: u32,
     ) -> Self {
-        Self { installer, marketplace, dispatcher, pools, store, pack_concurrency }
+        Self { installer, plugins, marketplace, dispatcher, pools, store, pack_concurrency }
     }
 
     /// Every pack ever installed (uninstalled ones stay listed as `DISABLED`).
@@ -91,24 +107,47 @@ impl PackService {
         Ok(record)
     }
 
-    /// Install a pack from the marketplace (newest version unless named).
+    /// Install a pack (gateway-wide, operators only) or a plugin (for the
+    /// caller's tenant) from the marketplace: the newest version unless named.
     pub async fn install_market(
         &self,
+        who: Installer<'_>,
         catalog: Option<&str>,
         pack_id: &str,
         version: Option<&str>,
-        by: &str,
         upgrade: bool,
-    ) -> Result<PackRecord, PackError> {
+    ) -> Result<serde_json::Value, PackError> {
         let (catalog_id, entry, bytes) =
             self.marketplace.bundle(catalog, pack_id, version).await.map_err(|e| match e {
                 MarketError::NotFound(m) => PackError::NotFound(m),
                 MarketError::Fetch(m) => PackError::Marketplace(m),
             })?;
+        if entry.kind != "pack" {
+            let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(entry.sha256.trim()) {
+                return Err(PackError::Plugin(format!(
+                    "bundle sha256 {actual} does not match the catalog's {}",
+                    entry.sha256
+                )));
+            }
+            let files = super::archive::read_bundle(&bytes, super::archive::UnpackLimits::default())
+                .map_err(|e| PackError::Plugin(format!("unpack: {e}")))?;
+            let verification = (self.installer.verify)(&files).map_err(PackError::Plugin)?;
+            let installed =
+                self.plugins.install(&entry.kind, who.tenant, &bytes, who.by).await.map_err(PackError::Plugin)?;
+            let mut out = serde_json::to_value(installed).unwrap_or_default();
+            out["verification"] = verification.unwrap_or_default();
+            return Ok(out);
+        }
+        if !who.operator {
+            return Err(PackError::Forbidden(
+                "packs are shared by every tenant; only an operator key may install them".into(),
+            ));
+        }
         let origin = PackSource { catalog: catalog_id, url: entry.url.clone(), sha256: entry.sha256.clone() };
-        let record = self.installer.install(&bytes, Some(&entry.sha256), origin, by, upgrade).await?;
+        let record = self.installer.install(&bytes, Some(&entry.sha256), origin, who.by, upgrade).await?;
         self.activate(&record).await?;
-        Ok(record)
+        Ok(serde_json::to_value(record).unwrap_or_default())
     }
 
     pub async fn uninstall(&self, id: &str, by: &str) -> Result<PackRecord, PackError> {
@@ -118,22 +157,48 @@ impl PackService {
 
     /// The marketplace: catalogs (with fetch errors) and the newest version
     /// of every pack, joined with what is installed.
-    pub async fn marketplace(&self) -> Result<(Vec<super::market::CatalogStatus>, Vec<MarketItem>), PackError> {
+    /// `tenant` sees its own plugins' install state.
+    pub async fn marketplace(
+        &self,
+        tenant: &str,
+    ) -> Result<(Vec<super::market::CatalogStatus>, Vec<MarketItem>), PackError> {
         let (statuses, loaded) = self.marketplace.load_all().await;
         let installed = self.list().await?;
-        let items = Marketplace::merge(&loaded)
-            .into_iter()
-            .map(|(catalog_id, entry)| {
-                let record = installed.iter().find(|r| r.id == entry.id);
-                MarketItem {
-                    catalog_id,
-                    installed_version: record.map(|r| r.version.clone()),
-                    installed_status: record.map(|r| r.status.clone()),
-                    installed_at: record.map(|r| r.installed_at),
-                    entry,
-                }
-            })
-            .collect();
+        let policy_plugin = self
+            .plugins
+            .policy
+            .tenant_policies()
+            .and_then(|t| t.get(tenant))
+            .and_then(|r| r.plugin.map(|p| (p, r.uploaded_at)));
+        let schema_plugin = self.plugins.schema_validator(tenant).await;
+        let mut items = Vec::new();
+        for (catalog_id, entry) in Marketplace::merge(&loaded) {
+            let (version, status, at) = match entry.kind.as_str() {
+                "pack" => match installed.iter().find(|r| r.id == entry.id) {
+                    Some(r) => (Some(r.version.clone()), Some(r.status.clone()), Some(r.installed_at)),
+                    None => (None, None, None),
+                },
+                super::plugins::POLICY_KIND => match &policy_plugin {
+                    Some((p, at)) if p.split('@').next() == Some(entry.id.as_str()) => {
+                        (p.split('@').nth(1).map(str::to_string), Some("ACTIVE".to_string()), Some(*at))
+                    }
+                    _ => (None, None, None),
+                },
+                _ => match &schema_plugin {
+                    Some(r) if r.plugin_id == entry.id => {
+                        (Some(r.version.clone()), Some("ACTIVE".to_string()), Some(r.installed_at))
+                    }
+                    _ => (None, None, None),
+                },
+            };
+            items.push(MarketItem {
+                catalog_id,
+                installed_version: version,
+                installed_status: status,
+                installed_at: at,
+                entry,
+            });
+        }
         Ok((statuses, items))
     }
 }

@@ -40,6 +40,9 @@ pub struct TenantComponentRecord {
     pub uploaded_at: DateTime<Utc>,
     /// Relative to the data dir.
     pub file: String,
+    /// The marketplace plugin it came from (`id@version`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +172,7 @@ impl TenantPolicies {
         wasm: &[u8],
         bundles: &[(String, String)],
         by: &str,
+        plugin: Option<String>,
     ) -> Result<TenantComponentRecord, TenantPolicyError> {
         if wasm.is_empty() || wasm.len() > MAX_COMPONENT_BYTES {
             return Err(TenantPolicyError::Invalid(format!(
@@ -203,6 +207,7 @@ impl TenantPolicies {
             uploaded_by: by.into(),
             uploaded_at: Utc::now(),
             file,
+            plugin,
         };
         self.store.apply(vec![Op::put_json(format!("{RECORD_PREFIX}{tenant}"), &record)]).await?;
         self.active

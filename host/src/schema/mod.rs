@@ -77,11 +77,15 @@ pub fn valid_schema_id(id: &str) -> bool {
 struct WarmSchema {
     store: wasmtime::Store<HostState>,
     bindings: SchemaPlugin,
+    /// Digest of the component this instance runs.
+    digest: String,
 }
 
 pub struct SchemaService {
     runtime: Arc<Runtime>,
-    component: LoadedComponent,
+    component: Arc<LoadedComponent>,
+    /// Validators tenants installed from the marketplace instead of the first-party one.
+    tenant_components: RwLock<HashMap<String, Arc<LoadedComponent>>>,
     warm: WarmPool<WarmSchema>,
     schemas: RwLock<HashMap<String, Arc<(SchemaDoc, String)>>>,
     limits: SandboxLimits,
@@ -90,7 +94,46 @@ pub struct SchemaService {
 impl SchemaService {
     pub fn new(runtime: Arc<Runtime>, component: LoadedComponent) -> Self {
         let limits = runtime.limits.plugin;
-        Self { runtime, component, warm: WarmPool::new(8), schemas: RwLock::new(HashMap::new()), limits }
+        Self {
+            runtime,
+            component: Arc::new(component),
+            tenant_components: RwLock::new(HashMap::new()),
+            warm: WarmPool::new(8),
+            schemas: RwLock::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// The validator component `tenant` uses.
+    fn component_for(&self, tenant: &str) -> Arc<LoadedComponent> {
+        self.tenant_components.read().get(tenant).cloned().unwrap_or_else(|| self.component.clone())
+    }
+
+    /// Use `component` as `tenant`'s validator (`None`: the first-party one).
+    pub fn set_tenant_component(&self, tenant: &str, component: Option<Arc<LoadedComponent>>) {
+        match component {
+            Some(c) => self.tenant_components.write().insert(tenant.to_string(), c),
+            None => self.tenant_components.write().remove(tenant),
+        };
+    }
+
+    /// Compile `schema` with a candidate validator in `tenant`'s sandbox (a probe before activation).
+    pub fn probe(
+        &self,
+        tenant: &str,
+        component: &LoadedComponent,
+        schema: &serde_json::Value,
+    ) -> Result<(), SchemaError> {
+        let mut instance = self.instantiate_with(tenant, component)?;
+        self.runtime.arm(&mut instance.store, self.limits);
+        let text = schema.to_string();
+        match instance.bindings.cordum_schema_validator().call_check_schema(&mut instance.store, &text) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(wit::SchemaError::InvalidSchema(m) | wit::SchemaError::InvalidDocument(m))) => {
+                Err(SchemaError::InvalidSchema(m))
+            }
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        }
     }
 
     /// Make a schema available for validation (after it was stored).
@@ -159,13 +202,13 @@ impl SchemaService {
         self.schemas.read().get(id).map(|d| d.0.clone())
     }
 
-    fn instantiate(&self, tenant: &str) -> Result<WarmSchema, PluginError> {
-        let Prepared::Schema(pre) = &self.component.prepared else {
+    fn instantiate_with(&self, tenant: &str, component: &LoadedComponent) -> Result<WarmSchema, PluginError> {
+        let Prepared::Schema(pre) = &component.prepared else {
             return Err(PluginError::Instantiate("not a schema component".into()));
         };
         let mut store = self.runtime.plugin_store(tenant, "schema")?;
         let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
-        Ok(WarmSchema { store, bindings })
+        Ok(WarmSchema { store, bindings, digest: component.digest.clone() })
     }
 
     fn call<T>(
@@ -173,9 +216,10 @@ impl SchemaService {
         tenant: &str,
         f: impl FnOnce(&mut WarmSchema) -> wasmtime::Result<Result<T, wit::SchemaError>>,
     ) -> Result<T, SchemaError> {
-        let mut instance = match self.warm.take(tenant) {
+        let component = self.component_for(tenant);
+        let mut instance = match self.warm.take(tenant).filter(|i| i.digest == component.digest) {
             Some(i) => i,
-            None => self.instantiate(tenant)?,
+            None => self.instantiate_with(tenant, &component)?,
         };
         self.runtime.arm(&mut instance.store, self.limits);
         match f(&mut instance) {
