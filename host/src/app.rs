@@ -5,6 +5,7 @@ use crate::auth::AuthService;
 use crate::auth::keys::Bootstrap;
 use crate::bus::Bus;
 use crate::bus::inprocess::InProcessBus;
+use crate::bus::nats::NatsBus;
 use crate::jobs::JobService;
 use crate::jobs::dispatch::Dispatcher;
 use crate::jobs::pools::PoolManager;
@@ -69,7 +70,13 @@ impl App {
             std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
         }
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(data)?);
-        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+        let bus: Arc<dyn Bus> = match args.bus.trim() {
+            "" | "inprocess" | "in-process" => Arc::new(InProcessBus::new()),
+            url if url.starts_with("nats://") || url.starts_with("tls://") => {
+                Arc::new(NatsBus::connect(url).await.map_err(anyhow::Error::msg)?)
+            }
+            other => anyhow::bail!("--bus must be inprocess or a nats:// URL, not {other:?}"),
+        };
         let limits = args.limits.resolve();
         let runtime = Runtime::new(&data.join("cache"), limits.clone())?;
 

@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// first start; all of them feed the marketplace.
     #[arg(long = "catalog", env = "CORDUM_CATALOGS", value_delimiter = ',')]
     pub catalogs: Vec<String>,
+    /// The bus: `inprocess` (default) or a NATS URL (`nats://127.0.0.1:4222`),
+    /// needed for external workers of packs without a component.
+    #[arg(long, env = "CORDUM_BUS", default_value = "inprocess")]
+    pub bus: String,
     /// Let remote catalogs and bundles resolve to loopback, private or
     /// link-local addresses (off by default: such URLs are refused).
     #[arg(long, env = "CORDUM_MARKETPLACE_ALLOW_PRIVATE", default_value_t = false)]

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 const CHANNEL_CAPACITY: usize = 4096;
@@ -37,6 +38,12 @@ impl InProcessBus {
 impl Bus for InProcessBus {
     fn backend(&self) -> &'static str {
         "in-process"
+    }
+
+    /// Nothing outside this process can answer: external workers need a
+    /// network bus (`--bus nats://...`).
+    async fn request(&self, subject: &str, _payload: Vec<u8>, _timeout: Duration) -> Result<Vec<u8>, BusError> {
+        Err(BusError::NoSubscriber(subject.to_string()))
     }
 
     async fn health(&self) -> Result<(), BusError> {

@@ -5,11 +5,14 @@
 //! shares the messages of its subject with the group's other members (one
 //! receives each message), which is how pack workers take jobs; a plain
 //! subscription gets every message (events). The in-process implementation
-//! is the default; a NATS JetStream one can implement the same trait.
+//! is the default; `nats` connects to a NATS server so workers in other
+//! processes can take jobs.
 
 pub mod inprocess;
+pub mod nats;
 
 use async_trait::async_trait;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A message on the bus.
@@ -25,6 +28,8 @@ pub enum BusError {
     Unavailable(String),
     #[error("no subscriber for subject {0}")]
     NoSubscriber(String),
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Receiving side of a subscription; dropping it unsubscribes.
@@ -39,6 +44,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, message: Message) -> Result<(), BusError>;
     /// Subscribe to `pattern`; with `queue_group`, messages are shared.
     async fn subscribe(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription, BusError>;
+    /// Send `payload` to one subscriber of `subject` and wait for its reply
+    /// (how jobs reach external workers). `NoSubscriber` when nobody serves
+    /// the subject, `Timeout` when nobody answered in time.
+    async fn request(&self, subject: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, BusError>;
 }
 
 /// Does a subject match a NATS-style pattern?

@@ -9,7 +9,8 @@
 //! backoff and jitter while `max_retries` allows; a failure for good lands
 //! in the DLQ atomically with the job's final state. A running job can be
 //! cancelled: the sandbox checks its cancel flag every epoch tick. Jobs found
-//! in flight after a restart are dispatched again.
+//! in flight after a restart are dispatched again. Packs without a component
+//! are served by external workers over the bus (request-reply on the topic).
 
 use super::dlq::DlqEntry;
 use super::model::{JobFailure, JobRecord, JobState};
@@ -115,8 +116,23 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Is this job's pack served by external workers (no component of its own)?
+    fn is_external(&self, job: &JobRecord) -> bool {
+        self.registry
+            .topic(&job.topic)
+            .and_then(|t| self.registry.pack(&t.pack_id))
+            .is_some_and(|p| p.component.is_none())
+    }
+
     /// Put a scheduled job on the bus; with nobody to run it, it fails.
-    pub async fn publish(&self, job: &JobRecord) {
+    /// Jobs of packs without a component go to external workers.
+    pub async fn publish(self: &Arc<Self>, job: &JobRecord) {
+        if self.is_external(job) {
+            let this = self.clone();
+            let job = job.clone();
+            tokio::spawn(this.run_external(job));
+            return;
+        }
         let message = Message {
             subject: job.topic.clone(),
             payload: to_json(&DispatchMessage { job_id: job.id.clone(), tenant: job.tenant.clone() }),
@@ -124,7 +140,7 @@ impl Dispatcher {
         if let Err(e) = self.bus.publish(message).await {
             let (code, text) = match &e {
                 BusError::NoSubscriber(_) => ("no_worker", format!("no worker serves topic {}", job.topic)),
-                BusError::Unavailable(m) => ("dispatch_failed", m.clone()),
+                BusError::Unavailable(m) | BusError::Timeout(m) => ("dispatch_failed", m.clone()),
             };
             let failure = JobFailure { code: code.into(), message: text.clone() };
             let _ = self
@@ -142,6 +158,49 @@ impl Dispatcher {
                 )
                 .await;
         }
+    }
+
+    /// Run a job on an external worker: a request on the job's topic over
+    /// the bus (one member of the topic's queue group answers), bounded by
+    /// the job's deadline. The reply is `{"status": "succeeded", "result": ...}`,
+    /// `{"status": "failed" | "retryable", "error": {"code", "message"}}`.
+    /// No worker, a timeout or a retryable failure is retried like any job.
+    fn run_external(self: Arc<Self>, job: JobRecord) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move { self.external_job(job).await })
+    }
+
+    async fn external_job(self: &Arc<Self>, job: JobRecord) {
+        let claimed = self
+            .repo
+            .update(&job.id, |j| j.state == JobState::Scheduled && j.transition(JobState::Running, None).is_ok())
+            .await;
+        let job = match claimed {
+            Ok((job, true)) => job,
+            _ => return,
+        };
+        let config = self.effective_config().await;
+        let timeout = job_timeout(&job, EXTERNAL_TIMEOUT, &config);
+        let request = serde_json::json!({
+            "job_id": job.id,
+            "tenant": job.tenant,
+            "topic": job.topic,
+            "trace_id": job.trace_id,
+            "input": job.input,
+            "labels": job.labels,
+            "attempt": job.attempts,
+            "deadline_ms": timeout.as_millis() as u64,
+        });
+        let settle = match self.bus.request(&job.topic, to_json(&request), timeout).await {
+            Ok(reply) => external_outcome(&reply),
+            Err(BusError::NoSubscriber(_)) => Settle::Transient(
+                JobState::Failed,
+                "no_worker",
+                format!("no external worker serves topic {}", job.topic),
+            ),
+            Err(BusError::Timeout(m)) => Settle::Transient(JobState::Timeout, "worker_timeout", m),
+            Err(BusError::Unavailable(m)) => Settle::Transient(JobState::Failed, "dispatch_failed", m),
+        };
+        self.settle(&job, settle).await;
     }
 
     /// Interrupt the component running `job_id`, if any.
@@ -378,7 +437,7 @@ impl Dispatcher {
     }
 
     /// A retrying job whose delay is over goes back on the bus.
-    async fn resume(&self, id: &str) {
+    async fn resume(self: &Arc<Self>, id: &str) {
         let updated = self
             .repo
             .update(id, |j| j.state == JobState::Retrying && j.transition(JobState::Scheduled, None).is_ok())
@@ -456,6 +515,41 @@ impl Dispatcher {
             }
         }
         Ok(count)
+    }
+}
+
+/// How long an external worker may take unless config or policy says less.
+const EXTERNAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Read an external worker's reply.
+fn external_outcome(reply: &[u8]) -> Settle {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(reply) else {
+        return Settle::Failed(JobState::Failed, "invalid_output", "the worker's reply is not JSON".into());
+    };
+    if reply.len() > MAX_OUTPUT_BYTES {
+        return Settle::Failed(
+            JobState::Failed,
+            "output_too_large",
+            format!("output is over {MAX_OUTPUT_BYTES} bytes"),
+        );
+    }
+    let error = || {
+        let e = &value["error"];
+        match (e["code"].as_str(), e["message"].as_str().or(e.as_str())) {
+            (Some(code), Some(m)) => format!("{code}: {m}"),
+            (None, Some(m)) => m.to_string(),
+            _ => "the worker reported a failure".to_string(),
+        }
+    };
+    match value["status"].as_str() {
+        Some("succeeded") => Settle::Succeeded(value.get("result").cloned().unwrap_or(serde_json::Value::Null)),
+        Some("retryable") => Settle::Transient(JobState::Failed, "job_failed_retryable", error()),
+        Some("failed") => Settle::Failed(JobState::Failed, "job_failed", error()),
+        _ => Settle::Failed(
+            JobState::Failed,
+            "invalid_output",
+            "the worker's reply has no status (succeeded, failed or retryable)".into(),
+        ),
     }
 }
 
