@@ -17,6 +17,7 @@ pub mod policy;
 pub mod pools;
 pub mod schemas;
 pub mod serve;
+pub mod studio;
 pub mod system;
 pub mod workflows;
 
@@ -76,6 +77,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/policy/explain", post(policy::explain));
     Router::new()
         .route("/health", get(system::health))
+        .route("/studio", get(studio::index))
+        .route("/studio/", get(studio::index))
+        .route("/studio/app.js", get(studio::app_js))
+        .route("/studio/studio.css", get(studio::css))
         .merge(api)
         .fallback(|| async { ApiError::not_found("not found") })
         .method_not_allowed_fallback(|| async {
