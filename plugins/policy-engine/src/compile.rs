@@ -58,7 +58,8 @@ impl Section {
     }
 }
 
-/// A velocity limit; enforced by a host counter (not wired yet).
+/// A velocity limit: the rule fires only when the host's count for its
+/// window exceeds `max_requests` (see [`crate::VelocityCounter`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Velocity {
     pub max_requests: u64,
@@ -186,8 +187,8 @@ impl Policy {
         self.rules.iter().map(|r| r.id.as_str())
     }
 
-    /// Whether any rule carries a velocity limit (such rules are skipped
-    /// until the host provides a counter).
+    /// Whether any rule carries a velocity limit (such rules need a
+    /// [`crate::VelocityCounter`]; without one they are skipped).
     pub fn has_velocity_rules(&self) -> bool {
         self.rules.iter().any(|r| r.velocity.is_some())
     }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use crate::compile::{Policy, Rule, Section, Tenant};
 use crate::doc::{MatchDoc, Tier};
 use crate::glob::Glob;
-use crate::{Decision, DecisionKind, Explanation, Request, TraceEntry};
+use crate::{Decision, DecisionKind, Explanation, Request, TraceEntry, VelocityCounter};
 
 pub(crate) const REASON_MISSING_TOPIC: &str = "missing topic";
 pub(crate) const REASON_UNSUPPORTED_TOPIC: &str = "unsupported topic";
@@ -522,27 +522,98 @@ impl<'a> Ctx<'a> {
 
 /// How one rule fared.
 enum Outcome {
-    Matched,
+    /// Every predicate matched (and, for a velocity rule, the window count
+    /// exceeded the limit).
+    Matched(Option<Count>),
     OutOfScope,
     OtherSection,
-    Velocity,
+    /// A velocity rule whose predicates matched but which was not counted:
+    /// no counter, or an earlier rule already decided (explain only).
+    VelocityUncounted,
+    /// A velocity rule whose key expression resolved empty.
+    VelocityNoKey,
+    /// A velocity rule whose window count is within the limit.
+    VelocityUnder(Count),
     Miss(Miss),
 }
 
+/// A velocity rule's window count for one request.
+struct Count {
+    count: u64,
+    key: String,
+}
+
+/// The velocity key for a request: each part of `expr` resolved and joined
+/// with `:` (a `:` or `\` inside a value is escaped with `\`). `None` when
+/// any part resolves empty: the rule is then skipped.
+fn velocity_key(expr: &str, cx: &Ctx<'_>) -> Option<String> {
+    let r = cx.req;
+    let mut key = String::new();
+    for (i, part) in expr.split(':').enumerate() {
+        let part = part.trim();
+        let value = match part {
+            "tenant" => cx.tenant,
+            "topic" => cx.topic,
+            "actor_id" => r.actor_id.trim(),
+            "actor_type" => r.actor_type.trim(),
+            "pack_id" => r.pack_id.trim(),
+            "capability" => r.capability.trim(),
+            _ => part.strip_prefix("labels.").and_then(|k| r.labels.get(k)).map_or("", |v| v.trim()),
+        };
+        if value.is_empty() {
+            return None;
+        }
+        if i > 0 {
+            key.push(':');
+        }
+        for c in value.chars() {
+            if c == ':' || c == '\\' {
+                key.push('\\');
+            }
+            key.push(c);
+        }
+    }
+    Some(key)
+}
+
 impl Rule {
-    fn consider(&self, cx: &Ctx<'_>) -> Outcome {
+    /// How this rule fares for `cx`. A velocity rule is counted (through
+    /// `counter`) only once its predicates matched, and only when no earlier
+    /// rule decided (`decided`).
+    fn consider(
+        &self,
+        cx: &Ctx<'_>,
+        pos: usize,
+        decided: bool,
+        counter: Option<&mut (dyn VelocityCounter + '_)>,
+    ) -> Outcome {
         if !cx.in_scope(self.tier, &self.scope) {
             return Outcome::OutOfScope;
         }
         if self.section != cx.section {
             return Outcome::OtherSection;
         }
-        if self.velocity.is_some() {
-            return Outcome::Velocity;
+        if let Err(m) = self.matcher.check(cx) {
+            return Outcome::Miss(m);
         }
-        match self.matcher.check(cx) {
-            Ok(()) => Outcome::Matched,
-            Err(m) => Outcome::Miss(m),
+        let Some(v) = &self.velocity else {
+            return Outcome::Matched(None);
+        };
+        let Some(counter) = counter.filter(|_| !decided) else {
+            return Outcome::VelocityUncounted;
+        };
+        let Some(key) = velocity_key(&v.key, cx) else {
+            return Outcome::VelocityNoKey;
+        };
+        let count = if self.id.is_empty() {
+            counter.hit(&format!("#{pos}"), &key, v.window_seconds)
+        } else {
+            counter.hit(&self.id, &key, v.window_seconds)
+        };
+        if count > v.max_requests {
+            Outcome::Matched(Some(Count { count, key }))
+        } else {
+            Outcome::VelocityUnder(Count { count, key })
         }
     }
 
@@ -605,19 +676,47 @@ impl Policy {
     /// Decide `req`: the first matching rule wins, else the default.
     ///
     /// An empty topic denies with reason `missing topic`, a topic outside
-    /// `job.` with `unsupported topic` (no rule id in either case).
+    /// `job.` with `unsupported topic` (no rule id in either case). Without a
+    /// counter, velocity rules are skipped; see
+    /// [`Policy::evaluate_with_counter`].
     pub fn evaluate(&self, req: &Request) -> Decision {
-        self.run(req, None).0
+        self.run(req, None, None).0
+    }
+
+    /// Like [`Policy::evaluate`], with velocity rules counted by `counter`: a
+    /// velocity rule whose predicates match asks the counter for its window
+    /// count (rule id, or `#<position>` for a rule without one; the resolved
+    /// key; the window) and fires only when that count exceeds
+    /// `max_requests`. Otherwise, or when its key resolves empty, evaluation
+    /// goes on with the next rule. Rules after the deciding one are never
+    /// counted.
+    pub fn evaluate_with_counter(&self, req: &Request, counter: &mut dyn VelocityCounter) -> Decision {
+        self.run(req, None, Some(counter)).0
     }
 
     /// Like [`Policy::evaluate`], plus how every rule fared, in order.
     pub fn explain(&self, req: &Request) -> Explanation {
         let mut trace = Vec::with_capacity(self.rules.len());
-        let (decision, defaulted) = self.run(req, Some(&mut trace));
+        let (decision, defaulted) = self.run(req, Some(&mut trace), None);
         Explanation { decision, trace, defaulted }
     }
 
-    fn run(&self, req: &Request, mut trace: Option<&mut Vec<TraceEntry>>) -> (Decision, bool) {
+    /// Like [`Policy::explain`], with velocity rules counted by `counter`
+    /// exactly as [`Policy::evaluate_with_counter`] counts them (the same
+    /// calls, in the same order); a velocity rule's detail gives its count
+    /// and limit.
+    pub fn explain_with_counter(&self, req: &Request, counter: &mut dyn VelocityCounter) -> Explanation {
+        let mut trace = Vec::with_capacity(self.rules.len());
+        let (decision, defaulted) = self.run(req, Some(&mut trace), Some(counter));
+        Explanation { decision, trace, defaulted }
+    }
+
+    fn run(
+        &self,
+        req: &Request,
+        mut trace: Option<&mut Vec<TraceEntry>>,
+        mut counter: Option<&mut dyn VelocityCounter>,
+    ) -> (Decision, bool) {
         let topic = req.topic.trim();
         if topic.is_empty() {
             return (plain_decision(DecisionKind::Deny, REASON_MISSING_TOPIC), false);
@@ -629,8 +728,8 @@ impl Policy {
 
         let mut decided: Option<&Rule> = None;
         for (pos, rule) in self.rules.iter().enumerate() {
-            let outcome = rule.consider(&cx);
-            let matched = matches!(outcome, Outcome::Matched);
+            let outcome = rule.consider(&cx, pos, decided.is_some(), counter.as_deref_mut());
+            let matched = matches!(outcome, Outcome::Matched(_));
             let Some(t) = trace.as_deref_mut() else {
                 if matched {
                     decided = Some(rule);
@@ -639,21 +738,41 @@ impl Policy {
                 continue;
             };
             let decisive = matched && decided.is_none();
+            let earlier = || decided.map(|r| r.id.as_str()).unwrap_or_default();
             let detail = match outcome {
-                Outcome::Matched if decisive => {
+                Outcome::Matched(Some(c)) => {
+                    let v = rule.velocity.as_ref().map_or((0, 0), |v| (v.max_requests, v.window_seconds));
+                    format!(
+                        "velocity {}/{} in {} s: fired (key \"{}\"); decision {}",
+                        c.count,
+                        v.0,
+                        v.1,
+                        c.key,
+                        rule.kind.as_str()
+                    )
+                }
+                Outcome::Matched(None) if decisive => {
                     format!("matched: decision {}", rule.kind.as_str())
                 }
-                Outcome::Matched => {
-                    format!(
-                        "matched, but rule \"{}\" decided first",
-                        decided.map(|r| r.id.as_str()).unwrap_or_default()
-                    )
+                Outcome::Matched(None) => {
+                    format!("matched, but rule \"{}\" decided first", earlier())
                 }
                 Outcome::OutOfScope => rule.scope_detail(&cx),
                 Outcome::OtherSection => {
                     format!("not applicable: {} rule, request is {}", rule.section.as_str(), cx.section.as_str())
                 }
-                Outcome::Velocity => "velocity rule skipped: no counter".to_owned(),
+                Outcome::VelocityUncounted if decided.is_some() => {
+                    format!("matched, but rule \"{}\" decided first (velocity not counted)", earlier())
+                }
+                Outcome::VelocityUncounted => "velocity rule skipped: no counter".to_owned(),
+                Outcome::VelocityNoKey => format!(
+                    "velocity key \"{}\" resolves empty for this request: rule skipped",
+                    rule.velocity.as_ref().map_or("", |v| v.key.as_str())
+                ),
+                Outcome::VelocityUnder(c) => {
+                    let v = rule.velocity.as_ref().map_or((0, 0), |v| (v.max_requests, v.window_seconds));
+                    format!("velocity {}/{} in {} s: under the limit (key \"{}\")", c.count, v.0, v.1, c.key)
+                }
                 Outcome::Miss(m) => rule.matcher.describe(m, &cx),
             };
             if decisive {

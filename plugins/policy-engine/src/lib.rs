@@ -9,8 +9,11 @@
 //! `policy-rules` WebAssembly component alike. Output checks
 //! ([`Policy::check_output`]: `output_rules` with content patterns, keywords
 //! and the built-in secret/pii/injection scanners, plus redaction) run here
-//! too. Velocity counters and content scanning of inputs (`input_rules`)
-//! belong to the host and are not evaluated here; their rules are parsed,
+//! too. Velocity rules are evaluated here, but their counters belong to the
+//! host: [`Policy::evaluate_with_counter`] and [`Policy::explain_with_counter`]
+//! take a [`VelocityCounter`] (the `policy-rules` component's asks the host's
+//! `cordum:host/velocity` import). Content scanning of inputs (`input_rules`)
+//! belongs to the host and is not evaluated here; those rules are parsed,
 //! validated and kept.
 
 use std::collections::BTreeMap;
@@ -196,6 +199,25 @@ pub struct Explanation {
     pub trace: Vec<TraceEntry>,
     /// No rule matched and the default decision applied.
     pub defaulted: bool,
+}
+
+/// Counts requests for velocity rules (upstream §1.4 step 9).
+///
+/// [`Policy::evaluate_with_counter`] calls [`VelocityCounter::hit`] for a
+/// velocity rule whose predicates matched, with the rule id, the resolved key
+/// and the rule's window. The counter answers how many requests the sliding
+/// window of (`rule_id`, `key`) holds **including this one**; whether the
+/// request is recorded (a real decision) or only counted (a dry run) is the
+/// counter's business. The rule fires when that count exceeds
+/// `max_requests`.
+pub trait VelocityCounter {
+    fn hit(&mut self, rule_id: &str, key: &str, window_seconds: u32) -> u64;
+}
+
+impl<F: FnMut(&str, &str, u32) -> u64> VelocityCounter for F {
+    fn hit(&mut self, rule_id: &str, key: &str, window_seconds: u32) -> u64 {
+        self(rule_id, key, window_seconds)
+    }
 }
 
 /// Parse, validate and merge `bundles` in the given order.
