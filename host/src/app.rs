@@ -215,15 +215,30 @@ impl App {
     }
 }
 
-/// The signature check installs apply (mode and trusted keys from the settings).
+/// The signature check installs apply (mode and trusted keys from the
+/// settings). The bundles built into the binary are trusted like the binary,
+/// so a gateway under `enforce` still installs its default packs.
 fn pack_verifier(args: &ServeArgs) -> anyhow::Result<crate::packs::install::Verifier> {
-    let mode = args.pack_signatures.trim().to_ascii_lowercase();
-    match mode.as_str() {
-        "off" | "warn" | "enforce" => {}
-        other => anyhow::bail!("--pack-signatures must be off, warn or enforce, not {other:?}"),
+    use crate::packs::archive::{UnpackLimits, read_bundle};
+    let mut policy = crate::packs::signing::SignaturePolicy::new(&args.pack_signatures, &args.pack_trusted_keys)
+        .map_err(anyhow::Error::msg)?;
+    let builtin = CatalogSource::embedded();
+    for entry in &builtin.catalog.packs {
+        if let Some(files) =
+            builtin.fetch_bundle(entry).ok().and_then(|b| read_bundle(&b, UnpackLimits::default()).ok())
+        {
+            policy.trust_builtin(&files);
+        }
     }
-    Ok(Box::new(move |_files| match mode.as_str() {
-        "enforce" => Err("pack.unsigned: signature verification is not available in this build".into()),
-        _ => Ok(None),
+    Ok(Box::new(move |files| match policy.check(files) {
+        Ok(record) => {
+            if record["signed"] == false
+                && let Some(warning) = record["warnings"].get(0).and_then(|w| w.as_str())
+            {
+                tracing::warn!("{warning}");
+            }
+            Ok(Some(record))
+        }
+        Err(e) => Err(e.to_string()),
     }))
 }

@@ -27,7 +27,14 @@ pub fn pack_error(e: PackError) -> ApiError {
                 "activate" | "load" => return ApiError::unavailable(e),
                 _ => (StatusCode::BAD_REQUEST, "PACK_INSTALL_INVALID"),
             };
-            ApiError::new(status, e.to_string()).code(code).with("step", e.step)
+            let mut err = ApiError::new(status, e.to_string()).code(code).with("step", e.step);
+            // Signature refusals also carry upstream's reason (`pack.tampered`, …).
+            if e.step == "signature"
+                && let Some(reason) = e.message.split(':').next().filter(|r| r.starts_with("pack."))
+            {
+                err = err.with("signature_code", reason);
+            }
+            err
         }
         PackError::NotFound(m) => ApiError::not_found(m).code("PACK_NOT_FOUND"),
         PackError::Marketplace(m) => ApiError::bad_request(m).code("PACK_MARKETPLACE_INVALID"),

@@ -11,5 +11,6 @@ pub mod plugins;
 pub mod registry;
 pub mod runner;
 pub mod service;
+pub mod signing;
 
 pub use registry::{InstalledPack, PackRecord, PackRegistry, TopicEntry};
