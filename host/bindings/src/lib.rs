@@ -4,7 +4,7 @@
 //! the gateway); `policy`, `schema` and `pack` are the three plugin worlds and
 //! reuse those import traits through `with`.
 
-/// `cordum:host` imports: log, kv, config.
+/// `cordum:host` imports: log, kv, config, velocity.
 pub mod host {
     wasmtime::component::bindgen!({
         path: "../../wit/host",
@@ -20,6 +20,7 @@ pub mod policy {
         with: {
             "cordum:host/log": crate::host::cordum::host::log,
             "cordum:host/config": crate::host::cordum::host::config,
+            "cordum:host/velocity": crate::host::cordum::host::velocity,
         },
     });
 }

@@ -7,12 +7,18 @@
 //! policy component (first-party: the rules engine) inside the calling
 //! tenant's sandbox: each tenant has its own warm instances, loaded with the
 //! snapshot they evaluate; an instance that traps is discarded.
+//!
+//! Velocity rules count through `cordum:host/velocity` in one set of windows
+//! owned by the service: [`PolicyService::evaluate`] records the request,
+//! every other call (simulate, explain, drafts, pack-install simulations) is
+//! a dry run that only counts.
 
 pub mod model;
 pub mod output;
 pub mod tenant;
 
 use crate::runtime::sandbox::SandboxLimits;
+use crate::runtime::velocity::{VelocityCounters, VelocityMode};
 use crate::runtime::warm::WarmPool;
 use crate::runtime::{HostState, LoadedComponent, PluginError, Prepared, Runtime};
 use crate::store::{Store, StoreError};
@@ -93,6 +99,8 @@ pub struct PolicyService {
     limits: SandboxLimits,
     /// Tenants' own policy components, run after the rules (tighten only).
     tenants: std::sync::OnceLock<Arc<tenant::TenantPolicies>>,
+    /// Windows of velocity rules (in memory, per process).
+    velocity: Arc<VelocityCounters>,
 }
 
 fn sha_hex(data: &[u8]) -> String {
@@ -144,6 +152,7 @@ impl PolicyService {
             warm: WarmPool::new(8),
             limits,
             tenants: std::sync::OnceLock::new(),
+            velocity: VelocityCounters::new(),
         }
     }
 
@@ -250,14 +259,18 @@ impl PolicyService {
             return Err(PluginError::Instantiate("not a policy component".into()));
         };
         let mut store = self.runtime.plugin_store(tenant, "policy")?;
+        // Dry run unless `with_instance` is told otherwise for one call.
+        store.data_mut().velocity = Some(self.velocity.access("", VelocityMode::DryRun));
         let bindings = pre.instantiate(&mut store).map_err(|e| self.runtime.classify(&store, self.limits, e))?;
         Ok(WarmPolicy { store, bindings, loaded: String::new() })
     }
 
-    /// Run `f` on a warm instance of `tenant` loaded with the active snapshot.
+    /// Run `f` on a warm instance of `tenant` loaded with the active
+    /// snapshot; velocity hits during `f` are recorded per `mode`.
     fn with_instance<T>(
         &self,
         tenant: &str,
+        mode: VelocityMode,
         f: impl FnOnce(&mut WarmPolicy) -> wasmtime::Result<Result<T, wit::PolicyError>>,
     ) -> Result<(T, Arc<PolicySnapshot>), PolicyError> {
         let snapshot = self.active();
@@ -280,7 +293,10 @@ impl PolicyService {
                 }
             }
         }
-        match f(&mut instance) {
+        instance.store.data_mut().set_velocity_mode(mode);
+        let out = f(&mut instance);
+        instance.store.data_mut().set_velocity_mode(VelocityMode::DryRun);
+        match out {
             Ok(Ok(value)) => {
                 self.warm.give_back(tenant, instance);
                 Ok((value, snapshot))
@@ -294,16 +310,28 @@ impl PolicyService {
         }
     }
 
-    /// Decide a request for `tenant` under the active snapshot.
+    /// Decide a request for `tenant` under the active snapshot: the real
+    /// decision, so the request is recorded in the windows of the velocity
+    /// rules it reaches.
     pub fn evaluate(&self, tenant: &str, request: &PolicyRequest) -> Result<PolicyDecision, PolicyError> {
+        self.decide(tenant, request, VelocityMode::Record)
+    }
+
+    /// Like [`Self::evaluate`] as a dry run: velocity rules see the count
+    /// this request would make, and nothing is recorded.
+    pub fn simulate(&self, tenant: &str, request: &PolicyRequest) -> Result<PolicyDecision, PolicyError> {
+        self.decide(tenant, request, VelocityMode::DryRun)
+    }
+
+    fn decide(&self, tenant: &str, request: &PolicyRequest, mode: VelocityMode) -> Result<PolicyDecision, PolicyError> {
         let req = request.to_wit();
-        let (decision, snapshot) =
-            self.with_instance(tenant, |i| i.bindings.cordum_policy_evaluator().call_evaluate(&mut i.store, &req))?;
+        let (decision, snapshot) = self
+            .with_instance(tenant, mode, |i| i.bindings.cordum_policy_evaluator().call_evaluate(&mut i.store, &req))?;
         let decision = PolicyDecision::from_wit(decision, &snapshot.id);
         Ok(match self.tenants.get() {
             Some(tenants) => {
                 let bundles = snapshot.bundles_with_base(self.base.as_ref());
-                tenants.tighten(tenant, (&snapshot.id, &bundles), request, decision)
+                tenants.tighten(tenant, (&snapshot.id, &bundles), request, decision, (&self.velocity, mode))
             }
             None => decision,
         })
@@ -323,15 +351,17 @@ impl PolicyService {
         self.active().bundles_with_base(self.base.as_ref())
     }
 
-    /// Decide and return the trace of every rule considered.
+    /// Decide and return the trace of every rule considered: a dry run,
+    /// nothing is recorded.
     pub fn explain(
         &self,
         tenant: &str,
         request: &PolicyRequest,
     ) -> Result<(PolicyDecision, Vec<TraceEntry>, bool), PolicyError> {
         let req = request.to_wit();
-        let (explanation, snapshot) =
-            self.with_instance(tenant, |i| i.bindings.cordum_policy_evaluator().call_explain(&mut i.store, &req))?;
+        let (explanation, snapshot) = self.with_instance(tenant, VelocityMode::DryRun, |i| {
+            i.bindings.cordum_policy_evaluator().call_explain(&mut i.store, &req)
+        })?;
         let trace = explanation.trace.into_iter().map(TraceEntry::from).collect();
         Ok((PolicyDecision::from_wit(explanation.decision, &snapshot.id), trace, explanation.defaulted))
     }

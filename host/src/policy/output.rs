@@ -3,6 +3,7 @@
 //! path `evaluate` takes).
 
 use super::{PolicyError, PolicyService};
+use crate::runtime::velocity::VelocityMode;
 use cordum_bindings::policy::cordum::policy::types as wit;
 use serde::{Deserialize, Serialize};
 
@@ -117,7 +118,8 @@ impl PolicyService {
     /// Check a finished job's output for `tenant` under the active snapshot.
     pub fn check_output(&self, tenant: &str, req: &OutputCheck) -> Result<OutputVerdict, PolicyError> {
         let request = req.to_wit();
-        let (decision, snapshot) = self.with_instance(tenant, |i| {
+        // Output rules have no velocity: nothing to record.
+        let (decision, snapshot) = self.with_instance(tenant, VelocityMode::DryRun, |i| {
             i.bindings.cordum_policy_evaluator().call_check_output(&mut i.store, &request)
         })?;
         Ok(OutputVerdict::from_wit(decision, &snapshot.id))

@@ -7,13 +7,16 @@
 //! can only tighten the decision (allow → allow with constraints → require
 //! approval → throttle → deny): a looser answer is ignored. If it traps or
 //! times out, the tenant's request is denied (fail closed); other tenants
-//! never run it and cannot see it.
+//! never run it and cannot see it. If it imports `cordum:host/velocity`, its
+//! windows live in a namespace of its own (`tenant:<tenant>`), recorded when
+//! the rules' evaluation records.
 //!
 //! Stored: the record under `tenantpolicy:<tenant>`, the `.wasm` under the
 //! data dir's `components/` by digest.
 
 use super::model::{DecisionKind, PolicyDecision, PolicyRequest};
 use crate::runtime::sandbox::SandboxLimits;
+use crate::runtime::velocity::{VelocityAccess, VelocityCounters, VelocityMode};
 use crate::runtime::warm::WarmPool;
 use crate::runtime::{HostState, LoadedComponent, PluginError, Prepared, Runtime, World};
 use crate::store::{Op, Store, StoreError};
@@ -122,7 +125,8 @@ impl TenantPolicies {
         Ok(Warm { store, bindings, loaded: String::new() })
     }
 
-    /// Run `request` through `component` in `tenant`'s sandbox.
+    /// Run `request` through `component` in `tenant`'s sandbox, counting
+    /// velocity with `velocity` (none: the import answers 1).
     fn decide(
         &self,
         tenant: &str,
@@ -130,6 +134,7 @@ impl TenantPolicies {
         snapshot: (&str, &[(String, String)]),
         request: &PolicyRequest,
         reuse: bool,
+        velocity: Option<VelocityAccess>,
     ) -> Result<wit::Decision, String> {
         let (snapshot_id, bundles) = snapshot;
         let wanted = format!("{}|{snapshot_id}", component.digest);
@@ -152,7 +157,10 @@ impl TenantPolicies {
             }
         };
         self.runtime.arm(&mut instance.store, self.limits);
-        match instance.bindings.cordum_policy_evaluator().call_evaluate(&mut instance.store, &request.to_wit()) {
+        instance.store.data_mut().velocity = velocity;
+        let out = instance.bindings.cordum_policy_evaluator().call_evaluate(&mut instance.store, &request.to_wit());
+        instance.store.data_mut().velocity = None;
+        match out {
             Ok(Ok(decision)) => {
                 if reuse {
                     self.warm.give_back(tenant, instance);
@@ -189,7 +197,7 @@ impl TenantPolicies {
             tenant: tenant.into(),
             ..Default::default()
         };
-        self.decide(tenant, &component, ("probe", bundles), &probe, false)
+        self.decide(tenant, &component, ("probe", bundles), &probe, false, None)
             .map_err(|e| TenantPolicyError::Invalid(format!("the component failed its probe: {e}")))?;
         let file = format!("components/{}.wasm", component.digest);
         let path = self.data_dir.join(&file);
@@ -226,15 +234,19 @@ impl TenantPolicies {
     }
 
     /// Let the tenant's component tighten `base` (no component: `base`).
+    /// Its velocity hits go to `velocity`'s counters, in the tenant's own
+    /// namespace, recorded or not per the mode of the rules' call.
     pub fn tighten(
         &self,
         tenant: &str,
         snapshot: (&str, &[(String, String)]),
         request: &PolicyRequest,
         base: PolicyDecision,
+        velocity: (&Arc<VelocityCounters>, VelocityMode),
     ) -> PolicyDecision {
         let Some(active) = self.active.read().get(tenant).cloned() else { return base };
-        match self.decide(tenant, &active.component, snapshot, request, true) {
+        let counters = velocity.0.access(format!("tenant:{tenant}"), velocity.1);
+        match self.decide(tenant, &active.component, snapshot, request, true, Some(counters)) {
             Ok(decision) => {
                 let theirs = PolicyDecision::from_wit(decision, &base.policy_snapshot);
                 if rank(theirs.decision) > rank(base.decision) {

@@ -1,11 +1,12 @@
 //! The `cordum:host` imports, implemented once for every plugin world.
 //! Every function is scoped by the store's [`PluginContext`]: logs are tagged
 //! with tenant and plugin, kv keys are prefixed with `kv:<tenant>:<pack>:`,
-//! config is the effective config the host chose for the call.
+//! config is the effective config the host chose for the call, velocity
+//! counts in the store's [`HostState::velocity`] namespace and mode.
 
 use super::sandbox::HostState;
 use crate::store::{Op, StoreError};
-use cordum_bindings::host::cordum::host::{config, kv, log};
+use cordum_bindings::host::cordum::host::{config, kv, log, velocity};
 
 const MAX_KEY_BYTES: usize = 256;
 const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -98,6 +99,19 @@ impl config::Host for HostState {
             node = node.get(part)?;
         }
         Some(node.to_string())
+    }
+}
+
+impl velocity::Host for HostState {
+    /// The window count including this request, recorded unless the host
+    /// runs the call as a dry run. A store without counters (a tenant
+    /// component's install probe) answers 1, as for an empty window: a
+    /// velocity rule never fires there.
+    fn hit(&mut self, rule_id: String, key: String, window_seconds: u32) -> u32 {
+        match &self.velocity {
+            Some(v) => v.hit(&rule_id, &key, window_seconds),
+            None => 1,
+        }
     }
 }
 

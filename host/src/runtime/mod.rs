@@ -7,11 +7,14 @@
 //!   CPU deadline and a WASI context with no ambient authority.
 //! * [`host_imports`] implements the `cordum:host` imports, scoped to the
 //!   store's tenant and pack.
+//! * [`velocity`] keeps the sliding windows of velocity (rate) rules behind
+//!   `cordum:host/velocity`.
 //! * [`warm`] keeps warm instances per (tenant, component) for the worlds that
 //!   allow reuse (policy, schema); a trapped instance is never reused.
 
 pub mod host_imports;
 pub mod sandbox;
+pub mod velocity;
 pub mod warm;
 
 use crate::settings::RuntimeLimits;

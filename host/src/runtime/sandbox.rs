@@ -5,9 +5,11 @@
 //! budget runs out, and a WASI context with no environment, no arguments, no
 //! stdio, no network, and at most one preopened directory: the per-tenant,
 //! per-pack directory under the data dir. Everything else it can reach is the
-//! `cordum:host` imports, scoped by [`PluginContext`].
+//! `cordum:host` imports, scoped by [`PluginContext`] (and, for policy
+//! components, the velocity counters in [`HostState::velocity`]).
 
 use super::Runtime;
+use super::velocity::{VelocityAccess, VelocityMode};
 use crate::store::Store as StateStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -97,6 +99,20 @@ pub struct HostState {
     pub ctx: PluginContext,
     /// Set by the epoch callback when it stops the call.
     pub stopped: Option<StopReason>,
+    /// Velocity counters behind `cordum:host/velocity`, and whether the
+    /// current call records: set by the policy service on its stores (and
+    /// tenant components') before each call. `None` for every other store:
+    /// the import then answers 1 (an empty window), so no rule fires.
+    pub velocity: Option<VelocityAccess>,
+}
+
+impl HostState {
+    /// Whether the next calls record velocity hits (no-op without counters).
+    pub fn set_velocity_mode(&mut self, mode: VelocityMode) {
+        if let Some(v) = &mut self.velocity {
+            v.mode = mode;
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -163,6 +179,7 @@ impl Runtime {
             guard: MemoryGuard { max_bytes: limits.memory_bytes.min(self.limits.max_memory_bytes), refused: false },
             ctx,
             stopped: None,
+            velocity: None,
         };
         let mut store = Store::new(self.engine(), state);
         store.limiter(|s| &mut s.guard);

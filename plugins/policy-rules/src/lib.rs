@@ -4,7 +4,9 @@
 //! types and [`cordum_policy_engine`]'s, and keeps the active policy in
 //! instance state. `load` replaces that policy only when every bundle is
 //! valid; `evaluate`, `explain` and `check-output` answer `no-policy` until a
-//! load has succeeded. All policy semantics live in the engine crate.
+//! load has succeeded. All policy semantics live in the engine crate; the
+//! counts of velocity rules come from the host (`cordum:host/velocity`), which
+//! decides per call whether a hit is recorded or only counted.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ wit_bindgen::generate!({
 });
 
 use cordum::host::log::{Level, log};
+use cordum::host::velocity;
 use cordum::policy::types::{
     Bundle, Decision, DecisionKind, Diagnostic, Explanation, Finding, Label, OutputDecision, OutputDecisionKind,
     OutputRequest, PolicyError, PolicyInfo, Remediation, Request, TraceEntry,
@@ -55,12 +58,12 @@ impl Guest for Plugin {
     }
 
     fn evaluate(request: Request) -> Result<Decision, PolicyError> {
-        with_policy(request, |policy, req| decision_to_wit(policy.evaluate(req)))
+        with_policy(request, |policy, req| decision_to_wit(policy.evaluate_with_counter(req, &mut host_counter)))
     }
 
     fn explain(request: Request) -> Result<Explanation, PolicyError> {
         with_policy(request, |policy, req| {
-            let e = policy.explain(req);
+            let e = policy.explain_with_counter(req, &mut host_counter);
             Explanation {
                 decision: decision_to_wit(e.decision),
                 trace: e.trace.into_iter().map(trace_to_wit).collect(),
@@ -87,6 +90,11 @@ impl Guest for Plugin {
 }
 
 export!(Plugin);
+
+/// The window count of a velocity rule, from the host.
+fn host_counter(rule_id: &str, key: &str, window_seconds: u32) -> u64 {
+    u64::from(velocity::hit(rule_id, key, window_seconds))
+}
 
 /// Run `f` against the active policy: `no-policy` before any load, and
 /// `invalid-request` for a request without a topic.
