@@ -7,6 +7,7 @@ mod harness;
 mod lifecycle;
 mod packs;
 mod policy_components;
+mod velocity;
 mod workflows;
 
 use harness::{Gateway, Options, assert_envelope};
