@@ -1,4 +1,7 @@
-//! The `cordum` binary: `cordum serve` runs the gateway.
+//! The `cordum` binary: `cordum serve` runs the gateway; `cordum pack …`
+//! are the pack author's tools (see `cli/`).
+
+mod cli;
 
 use clap::{Parser, Subcommand};
 use cordum::app::App;
@@ -15,20 +18,27 @@ struct Cli {
 enum Command {
     /// Run the gateway (embedded store and in-process bus by default).
     Serve(ServeArgs),
+    /// Pack author tools: new, build, test, keygen, sign, verify, publish, install.
+    Pack(cli::pack::PackArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The tools print what matters themselves; the gateway logs its progress.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info,wasmtime=warn,cranelift=warn",
+        Command::Pack(_) => "warn,wasmtime=warn,cranelift=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORDUM_LOG")
-                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CORDUM_LOG").unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Pack(args) => runtime.block_on(cli::pack::run(args)),
     }
 }
 

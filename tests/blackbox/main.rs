@@ -5,6 +5,7 @@ mod external;
 mod hardening;
 mod harness;
 mod lifecycle;
+mod pack_cli;
 mod packs;
 mod policy_components;
 mod velocity;

@@ -32,6 +32,9 @@ pub const API_VERSION: &str = "cordum.io/v1alpha1";
 pub const KIND: &str = "PackSignature";
 pub const MANIFEST_VERSION: u32 = 1;
 
+/// A bundle's files as unpacked: (path, bytes).
+pub type BundleFiles = Vec<(String, Vec<u8>)>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     #[serde(rename = "apiVersion")]
@@ -226,12 +229,8 @@ pub fn sign(files: &[(String, Vec<u8>)], key: &SigningKey, kid: &str) -> Result<
 }
 
 /// `files` with any old envelope replaced by a fresh signature.
-pub fn sign_files(
-    files: &[(String, Vec<u8>)],
-    key: &SigningKey,
-    kid: &str,
-) -> Result<(Vec<(String, Vec<u8>)>, Envelope), String> {
-    let mut out: Vec<(String, Vec<u8>)> = files.iter().filter(|(p, _)| !is_envelope(p)).cloned().collect();
+pub fn sign_files(files: &[(String, Vec<u8>)], key: &SigningKey, kid: &str) -> Result<(BundleFiles, Envelope), String> {
+    let mut out: BundleFiles = files.iter().filter(|(p, _)| !is_envelope(p)).cloned().collect();
     let envelope = sign(&out, key, kid)?;
     let mut json = serde_json::to_vec_pretty(&envelope).expect("an envelope serializes");
     json.push(b'\n');
