@@ -6,6 +6,7 @@ use crate::auth::keys::Bootstrap;
 use crate::bus::Bus;
 use crate::bus::inprocess::InProcessBus;
 use crate::bus::nats::NatsBus;
+use crate::config::ConfigService;
 use crate::jobs::JobService;
 use crate::jobs::dispatch::Dispatcher;
 use crate::jobs::pools::PoolManager;
@@ -42,6 +43,7 @@ pub struct App {
     pub runtime: Arc<Runtime>,
     pub auth: AuthService,
     pub policy: Arc<PolicyService>,
+    pub config: ConfigService,
     pub schemas: Arc<SchemaService>,
     pub registry: Arc<PackRegistry>,
     pub packs: PackService,
@@ -134,6 +136,12 @@ impl App {
             store.apply(vec![Op::put_json(INITIALIZED, &marker)]).await?;
         }
 
+        // The policy history starts with whatever is active now (a changed
+        // base policy file shows up here too).
+        if let Err(e) = policy.record_active("startup", "system", "").await {
+            tracing::warn!(error = %e, "could not record the active policy in the history");
+        }
+
         let pools = Arc::new(PoolManager::load(store.clone()).await?);
         for pack in registry.packs().iter().filter(|p| p.component.is_some()) {
             pools.ensure_default_pool(&pack.record.id, limits.pack_concurrency as u32).await?;
@@ -191,11 +199,13 @@ impl App {
             limits.pack_concurrency as u32,
         );
 
+        let config = ConfigService::new(store.clone());
         let app = Arc::new(App {
             store,
             bus,
             runtime,
             auth,
+            config,
             policy,
             schemas,
             registry,

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod json_merge;

@@ -7,7 +7,9 @@ mod harness;
 mod lifecycle;
 mod pack_cli;
 mod packs;
+mod policy_authoring;
 mod policy_components;
+mod studio;
 mod velocity;
 mod workflows;
 

@@ -110,6 +110,26 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Routes that change something every tenant shares: an admin key not
+    /// bound to one tenant (an operator). `what` names the shared thing.
+    pub fn require_operator(&self, what: &str) -> Result<(), ApiError> {
+        self.require_admin()?;
+        if !self.auth.allow_cross_tenant {
+            return Err(ApiError::forbidden(format!(
+                "{what} is shared by every tenant; only an operator key may change it"
+            ))
+            .code("operator_required"));
+        }
+        Ok(())
+    }
+
+    /// Who did it, for records (`principal` or the key id).
+    pub fn actor(&self) -> String {
+        self.auth.principal_id.clone().unwrap_or_else(|| self.auth.key_id.clone())
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {

@@ -7,6 +7,7 @@
 //! error envelope too.
 
 pub mod approvals;
+pub mod config;
 pub mod dlq;
 pub mod error;
 pub mod extract;
@@ -14,6 +15,7 @@ pub mod jobs;
 pub mod middleware;
 pub mod packs;
 pub mod policy;
+pub mod policy_bundles;
 pub mod pools;
 pub mod schemas;
 pub mod serve;
@@ -73,6 +75,21 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(policy::delete_component)
                 .layer(axum::extract::DefaultBodyLimit::max(crate::policy::tenant::MAX_COMPONENT_BYTES)),
         )
+        .route("/api/v1/config", get(config::get).put(config::set).post(config::set))
+        .route("/api/v1/config/effective", get(config::effective))
+        .route("/api/v1/policy/bundles", get(policy_bundles::list))
+        .route(
+            "/api/v1/policy/bundles/{*id}",
+            get(policy_bundles::get)
+                .put(policy_bundles::put)
+                .delete(policy_bundles::delete)
+                .post(policy_bundles::post),
+        )
+        .route("/api/v1/policy/publish", post(policy_bundles::publish))
+        .route("/api/v1/policy/rollback", post(policy_bundles::rollback))
+        .route("/api/v1/policy/snapshots", get(policy_bundles::snapshots))
+        .route("/api/v1/policy/snapshots/{*id}", get(policy_bundles::snapshot))
+        .route("/api/v1/policy/simulate", post(policy::simulate))
         .route("/api/v1/policy/evaluate", post(policy::evaluate))
         .route("/api/v1/policy/explain", post(policy::explain));
     Router::new()

@@ -86,6 +86,51 @@ pub struct EvaluateBody {
     pub meta: Option<EvaluateMeta>,
     #[serde(default)]
     pub action: Option<Value>,
+    /// Simulate and explain only: draft bundles overlaid on the active
+    /// policy for this one call (nothing is stored).
+    #[serde(default)]
+    pub bundles: Option<Vec<DraftBundle>>,
+    /// Simulate and explain only: overlay the stored drafts too.
+    #[serde(default)]
+    pub use_drafts: bool,
+}
+
+/// A bundle given inline to simulate or explain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DraftBundle {
+    pub id: String,
+    /// `None` (or `enabled: false`): evaluate as if the bundle were removed.
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The overlay a dry run evaluates with: stored drafts first (when asked),
+/// then the inline bundles. `None` when the active policy is meant as is.
+async fn dry_run_overlay(
+    app: &App,
+    bundles: Option<Vec<DraftBundle>>,
+    use_drafts: bool,
+) -> Result<Option<Vec<(String, Option<String>)>>, ApiError> {
+    if bundles.is_none() && !use_drafts {
+        return Ok(None);
+    }
+    let mut overlay = Vec::new();
+    if use_drafts {
+        overlay = app.policy.draft_overlay().await.map_err(super::policy_bundles::bundle_error)?;
+    }
+    for b in bundles.unwrap_or_default() {
+        crate::policy::bundles::validate_id(&b.id).map_err(super::policy_bundles::bundle_error)?;
+        overlay.retain(|(id, _)| id != &b.id);
+        overlay.push((b.id, if b.enabled { b.content } else { None }));
+    }
+    Ok(Some(overlay))
 }
 
 fn to_request(caller: &Caller, body: EvaluateBody) -> Result<PolicyRequest, ApiError> {
@@ -127,9 +172,10 @@ fn to_request(caller: &Caller, body: EvaluateBody) -> Result<PolicyRequest, ApiE
     })
 }
 
-fn policy_error(e: PolicyError) -> ApiError {
+pub(super) fn policy_error(e: PolicyError) -> ApiError {
     match e {
         PolicyError::InvalidRequest(m) => ApiError::bad_request(m),
+        PolicyError::InvalidBundle(diags) => super::policy_bundles::invalid_bundle(diags),
         other => {
             tracing::warn!(error = %other, "policy evaluation failed");
             ApiError::new(StatusCode::BAD_GATEWAY, "upstream service error")
@@ -177,20 +223,51 @@ pub async fn evaluate(
     caller: Caller,
     StrictJson(body): StrictJson<EvaluateBody>,
 ) -> Result<Json<Value>, ApiError> {
+    if body.bundles.is_some() || body.use_drafts {
+        return Err(ApiError::bad_request("draft bundles are taken by /api/v1/policy/simulate and /explain only")
+            .code("invalid_json")
+            .with("field", if body.use_drafts { "use_drafts" } else { "bundles" }));
+    }
     let request = to_request(&caller, body)?;
     let decision = app.policy.evaluate(&caller.tenant, &request).map_err(policy_error)?;
     Ok(Json(decision_json(&decision, &request.job_id)))
 }
 
+/// `POST /api/v1/policy/simulate`: a dry run against the active policy, or
+/// against drafts (`use_drafts`, inline `bundles`). Nothing is recorded.
+pub async fn simulate(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    StrictJson(mut body): StrictJson<EvaluateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let overlay = dry_run_overlay(&app, body.bundles.take(), body.use_drafts).await?;
+    let request = to_request(&caller, body)?;
+    let decision = match overlay {
+        None => app.policy.simulate(&caller.tenant, &request),
+        Some(overlay) => app.policy.evaluate_with(&overlay, &request),
+    }
+    .map_err(policy_error)?;
+    let mut out = decision_json(&decision, &request.job_id);
+    out["activeSnapshot"] = json!(app.policy.active().id);
+    Ok(Json(out))
+}
+
 pub async fn explain(
     State(app): State<Arc<App>>,
     caller: Caller,
-    StrictJson(body): StrictJson<EvaluateBody>,
+    StrictJson(mut body): StrictJson<EvaluateBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let overlay = dry_run_overlay(&app, body.bundles.take(), body.use_drafts).await?;
     let request = to_request(&caller, body)?;
-    let (decision, trace, defaulted) = app.policy.explain(&caller.tenant, &request).map_err(policy_error)?;
+    let (decision, trace, defaulted) = match overlay {
+        // The tenant's own warm instances (and its policy component) decide.
+        None => app.policy.explain(&caller.tenant, &request),
+        Some(overlay) => app.policy.explain_with(&overlay, &request),
+    }
+    .map_err(policy_error)?;
     let mut out = decision_json(&decision, &request.job_id);
     out["defaulted"] = json!(defaulted);
+    out["activeSnapshot"] = json!(app.policy.active().id);
     out["trace"] = serde_json::to_value(trace).unwrap_or_default();
     Ok(Json(out))
 }

@@ -19,7 +19,6 @@ use super::repo::JobRepo;
 use super::submit::DispatchMessage;
 use crate::bus::{Bus, BusError, Message};
 use crate::packs::PackRegistry;
-use crate::packs::install::SYSTEM_CONFIG_KEY;
 use crate::packs::runner::{PackRunner, WorkItem, WorkOutcome};
 use crate::policy::{OutputCheck, OutputDecisionKind, OutputVerdict, PolicyService};
 use crate::runtime::PluginError;
@@ -178,7 +177,7 @@ impl Dispatcher {
             Ok((job, true)) => job,
             _ => return,
         };
-        let config = self.effective_config().await;
+        let config = self.effective_config(&job).await;
         let timeout = job_timeout(&job, EXTERNAL_TIMEOUT, &config);
         let request = serde_json::json!({
             "job_id": job.id,
@@ -258,7 +257,7 @@ impl Dispatcher {
         let Some(pack) = self.registry.pack(&job.pack_id) else {
             return Settle::Failed(JobState::Failed, "pack_missing", format!("pack {} is not installed", job.pack_id));
         };
-        let config = self.effective_config().await;
+        let config = self.effective_config(&job).await;
         let item = WorkItem {
             job_id: job.id.clone(),
             topic: job.topic.clone(),
@@ -461,16 +460,10 @@ impl Dispatcher {
         }
     }
 
-    /// The system configuration document's data (pack overlays included).
-    async fn effective_config(&self) -> serde_json::Value {
-        match self.repo.store().get(SYSTEM_CONFIG_KEY).await {
-            Ok(Some(entry)) => entry
-                .json::<serde_json::Value>()
-                .ok()
-                .and_then(|doc| doc.get("data").cloned())
-                .unwrap_or_else(|| serde_json::json!({})),
-            _ => serde_json::json!({}),
-        }
+    /// The effective config for a job: system (pack overlays included) →
+    /// its tenant's org → team, workflow and step named by its labels.
+    async fn effective_config(&self, job: &JobRecord) -> serde_json::Value {
+        crate::config::ConfigService::new(self.repo.store().clone()).for_job(&job.tenant, &job.labels).await
     }
 
     /// After a restart: jobs that were scheduled, running or waiting for a

@@ -105,7 +105,14 @@ impl JobService {
             return self.replayed_retry(done.json::<RetryMarker>()?.job_id).await;
         }
         let key = entry_key(tenant, id);
-        let entry = self.repo.store().get(&key).await?.ok_or(JobError::NotFoundWhat("dlq entry not found"))?;
+        let Some(entry) = self.repo.store().get(&key).await? else {
+            // A parallel retry may have won between the two reads: its
+            // marker is written in the same batch that removed the entry.
+            if let Some(done) = self.repo.store().get(&marker).await? {
+                return self.replayed_retry(done.json::<RetryMarker>()?.job_id).await;
+            }
+            return Err(JobError::NotFoundWhat("dlq entry not found"));
+        };
         let job = self.get(tenant, id).await?;
         let mut suffix = [0u8; 4];
         rand::thread_rng().fill_bytes(&mut suffix);

@@ -383,10 +383,19 @@ impl PackInstaller {
             self.schemas.register(doc);
         }
         self.policy.reload().await.map_err(|e| fail("activate")(e.to_string()))?;
+        self.record_policy("pack_install", installed_by, &format!("{id}@{}", record.version)).await;
         let limits = self.limits_for(&record);
         self.registry.insert(InstalledPack { record: record.clone(), component, limits });
         tracing::info!(pack = %id, version = %record.version, "pack installed");
         Ok(record)
+    }
+
+    /// Note a policy change in the policy history (the pack itself is
+    /// already written; a failure here only loses the history line).
+    async fn record_policy(&self, action: &str, by: &str, what: &str) {
+        if let Err(e) = self.policy.record_active(action, by, what).await {
+            tracing::warn!(error = %e, action, "could not record the policy change in the history");
+        }
     }
 
     /// Uninstall an active pack: take back exactly what its install added
@@ -449,6 +458,7 @@ impl PackInstaller {
             }
             self.registry.remove(id);
             self.policy.reload().await.map_err(|e| fail("activate")(e.to_string()))?;
+            self.record_policy("pack_uninstall", by, id).await;
             if !kept.is_empty() {
                 tracing::warn!(pack = %id, leaves = ?kept, "config changed since the install was left as it is");
             }

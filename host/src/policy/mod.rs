@@ -13,6 +13,7 @@
 //! every other call (simulate, explain, drafts, pack-install simulations) is
 //! a dry run that only counts.
 
+pub mod bundles;
 pub mod model;
 pub mod output;
 pub mod tenant;
@@ -163,21 +164,13 @@ impl PolicyService {
     /// Rebuild the active snapshot from the store and swap it in atomically.
     /// The new rules are validated first; on error the old snapshot stays.
     pub async fn reload(&self) -> Result<Arc<PolicySnapshot>, PolicyError> {
-        let mut bundles = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan(BUNDLE_PREFIX, after.as_deref(), 256).await?;
-            if page.is_empty() {
-                break;
-            }
-            after = page.last().map(|(k, _)| k.clone());
-            for (_, entry) in page {
-                let bundle: StoredBundle = entry.json()?;
-                if bundle.enabled {
-                    bundles.push((bundle.id, bundle.content));
-                }
-            }
-        }
+        let mut bundles: Vec<(String, String)> = self
+            .stored_bundles()
+            .await?
+            .into_iter()
+            .filter(|(_, b)| b.enabled)
+            .map(|(_, b)| (b.id, b.content))
+            .collect();
         bundles.sort_by(|a, b| a.0.cmp(&b.0));
         let snapshot = self.snapshot_from(bundles);
         let diags = self.check(&snapshot.bundles_with_base(self.base.as_ref()))?;
@@ -187,6 +180,32 @@ impl PolicyService {
         let snapshot = Arc::new(snapshot);
         *self.active.write() = snapshot.clone();
         Ok(snapshot)
+    }
+
+    /// Every live bundle (enabled or not) with its store revision, by id.
+    pub async fn stored_bundles(&self) -> Result<Vec<(u64, StoredBundle)>, PolicyError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.scan(BUNDLE_PREFIX, after.as_deref(), 256).await?;
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|(k, _)| k.clone());
+            for (_, entry) in page {
+                out.push((entry.revision, entry.json::<StoredBundle>()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id a snapshot of these bundles (merge order, base excluded) gets.
+    pub fn snapshot_id_of(&self, bundles: &[(String, String)]) -> String {
+        snapshot_id(self.base.as_ref(), bundles)
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     fn snapshot_from(&self, bundles: Vec<(String, String)>) -> PolicySnapshot {
@@ -216,15 +235,11 @@ impl PolicyService {
         self.check(&self.snapshot_from(bundles).bundles_with_base(self.base.as_ref()))
     }
 
-    /// Decide `request` as if `extra` bundles were added to the active
-    /// policy (replacing bundles with the same ids; `None` content removes
-    /// one), in a fresh instance: nothing is stored, the active snapshot and
-    /// warm instances are untouched.
-    pub fn evaluate_with(
-        &self,
-        extra: &[(String, Option<String>)],
-        request: &PolicyRequest,
-    ) -> Result<PolicyDecision, PolicyError> {
+    /// A fresh instance loaded with the active policy plus `extra` bundles
+    /// (replacing bundles with the same ids; `None` content removes one).
+    /// Nothing is stored; the active snapshot and warm instances are
+    /// untouched. Returns the instance and the draft snapshot's id.
+    fn draft_instance(&self, extra: &[(String, Option<String>)]) -> Result<(WarmPolicy, String), PolicyError> {
         let mut bundles = self.active().bundles.clone();
         for (id, content) in extra {
             bundles.retain(|(b, _)| b != id);
@@ -241,14 +256,41 @@ impl PolicyService {
             .collect();
         let mut instance = self.instantiate("system")?;
         self.runtime.arm(&mut instance.store, self.limits);
-        let evaluator = instance.bindings.cordum_policy_evaluator();
-        match evaluator.call_load(&mut instance.store, &wit_bundles) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(e) => return Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        match instance.bindings.cordum_policy_evaluator().call_load(&mut instance.store, &wit_bundles) {
+            Ok(Ok(_)) => Ok((instance, draft.id)),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
-        match evaluator.call_evaluate(&mut instance.store, &request.to_wit()) {
-            Ok(Ok(decision)) => Ok(PolicyDecision::from_wit(decision, &draft.id)),
+    }
+
+    /// Decide `request` as if `extra` bundles were applied (see
+    /// [`Self::draft_instance`]): a dry run, nothing recorded.
+    pub fn evaluate_with(
+        &self,
+        extra: &[(String, Option<String>)],
+        request: &PolicyRequest,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let (mut instance, draft_id) = self.draft_instance(extra)?;
+        match instance.bindings.cordum_policy_evaluator().call_evaluate(&mut instance.store, &request.to_wit()) {
+            Ok(Ok(decision)) => Ok(PolicyDecision::from_wit(decision, &draft_id)),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+        }
+    }
+
+    /// Explain `request` as if `extra` bundles were applied: a dry run.
+    pub fn explain_with(
+        &self,
+        extra: &[(String, Option<String>)],
+        request: &PolicyRequest,
+    ) -> Result<(PolicyDecision, Vec<TraceEntry>, bool), PolicyError> {
+        let (mut instance, draft_id) = self.draft_instance(extra)?;
+        match instance.bindings.cordum_policy_evaluator().call_explain(&mut instance.store, &request.to_wit()) {
+            Ok(Ok(explanation)) => Ok((
+                PolicyDecision::from_wit(explanation.decision, &draft_id),
+                explanation.trace.into_iter().map(TraceEntry::from).collect(),
+                explanation.defaulted,
+            )),
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }

@@ -1,0 +1,268 @@
+//! Policy Studio's routes: bundles (drafts), publish, snapshots, history,
+//! rollback. The policy is shared by every tenant: admins read it, only
+//! operator keys change it.
+//!
+//! * `GET /api/v1/policy/bundles`, `GET|PUT|DELETE /api/v1/policy/bundles/{id}`
+//!   (ids may contain `/`, raw, as `%2F` or upstream's `~`),
+//!   `POST /api/v1/policy/bundles/{id}/simulate` (upstream's per-bundle dry run)
+//! * `POST /api/v1/policy/publish`, `POST /api/v1/policy/rollback`
+//! * `GET /api/v1/policy/snapshots`, `GET /api/v1/policy/snapshots/{id}`
+
+use super::error::ApiError;
+use super::extract::{Caller, JsonOrEmpty, StrictJson};
+use super::policy::{DraftBundle, EvaluateBody};
+use crate::app::App;
+use crate::policy::Diagnostic;
+use crate::policy::bundles::BundleError;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// 400 with every diagnostic (bundle, line, column, message).
+pub fn invalid_bundle(diags: Vec<Diagnostic>) -> ApiError {
+    let first = diags
+        .first()
+        .map(|d| {
+            if d.line > 0 {
+                format!("{} line {} column {}: {}", d.bundle_id, d.line, d.column, d.message)
+            } else {
+                format!("{}: {}", d.bundle_id, d.message)
+            }
+        })
+        .unwrap_or_default();
+    ApiError::bad_request(format!("invalid policy content: {first}"))
+        .code("POLICY_VALIDATION_FAILED")
+        .with("diagnostics", serde_json::to_value(diags).unwrap_or_default())
+}
+
+pub fn bundle_error(e: BundleError) -> ApiError {
+    match e {
+        BundleError::NotFound => ApiError::not_found("bundle not found"),
+        BundleError::SnapshotNotFound => ApiError::not_found("snapshot not found"),
+        BundleError::InvalidId(m) => ApiError::bad_request(m).code("POLICY_VALIDATION_FAILED"),
+        e @ BundleError::OwnedByPack { .. } => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string()).code("bundle_owned_by_pack")
+        }
+        BundleError::Invalid(diags) => invalid_bundle(diags),
+        e @ BundleError::Busy => {
+            let mut err = ApiError::new(StatusCode::CONFLICT, e.to_string()).code("POLICY_VERSION_CONFLICT");
+            err.retry_after = Some(1);
+            err
+        }
+        BundleError::Policy(p) => super::policy::policy_error(p),
+    }
+}
+
+/// Path ids: `/` may come raw or as `%2F` (axum decodes both), `~` is
+/// upstream's stand-in for `/`.
+fn bundle_id(raw: &str) -> String {
+    raw.trim_matches('/').replace('~', "/")
+}
+
+pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let items = app.policy.list_bundles().await.map_err(bundle_error)?;
+    let summaries: Vec<Value> = items
+        .iter()
+        .map(|b| {
+            let mut v = serde_json::to_value(b).unwrap_or_default();
+            v.as_object_mut().map(|m| m.remove("content"));
+            v
+        })
+        .collect();
+    Ok(Json(json!({
+        "items": summaries,
+        "active_snapshot": app.policy.active().id,
+        "drafts": items.iter().filter(|b| b.draft.is_some()).count(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdQuery {
+    #[serde(default)]
+    bundle_id: Option<String>,
+}
+
+/// `GET /api/v1/policy/bundles/{id}`; also upstream's
+/// `GET /api/v1/policy/bundles/snapshots[/{id}]`.
+pub async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    query: Result<Query<IdQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    if let Some(rest) = raw.strip_prefix("snapshots") {
+        let rest = rest.trim_start_matches('/');
+        return if rest.is_empty() {
+            history_json(&app).await.map(Json)
+        } else {
+            snapshot_json(&app, rest).await.map(Json)
+        };
+    }
+    let id = query.ok().and_then(|q| q.0.bundle_id).unwrap_or_else(|| bundle_id(&raw));
+    let view = app.policy.get_bundle(&id).await.map_err(bundle_error)?;
+    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    content: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PUT /api/v1/policy/bundles/{id}`: validate and save a draft.
+pub async fn put(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    StrictJson(body): StrictJson<PutBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the policy")?;
+    let id = bundle_id(&raw);
+    let author = if body.author.trim().is_empty() { caller.actor() } else { body.author };
+    let view =
+        app.policy.save_draft(&id, &body.content, body.enabled, &author, &body.message).await.map_err(bundle_error)?;
+    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_operator("the policy")?;
+    app.policy.delete_bundle(&bundle_id(&raw), &caller.actor()).await.map_err(bundle_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleSimulateBody {
+    request: EvaluateBody,
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// `POST /api/v1/policy/bundles/{id}/simulate`: upstream's per-bundle dry
+/// run (`content` overlaid as bundle `{id}`, or the stored draft of it).
+pub async fn post(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    StrictJson(body): StrictJson<BundleSimulateBody>,
+) -> Result<Response, ApiError> {
+    let Some(id) = raw.trim_matches('/').strip_suffix("/simulate").map(bundle_id) else {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+    };
+    let content = match body.content {
+        Some(c) => Some(c),
+        None => app.policy.get_bundle(&id).await.ok().and_then(|v| v.content),
+    };
+    let mut request = body.request;
+    let mut inline = request.bundles.take().unwrap_or_default();
+    inline.push(DraftBundle { id, content, enabled: true });
+    request.bundles = Some(inline);
+    let out = super::policy::simulate(State(app), caller, StrictJson(request)).await?;
+    Ok(out.into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    #[serde(default)]
+    bundle_ids: Vec<String>,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonOrEmpty(body): JsonOrEmpty<PublishBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the policy")?;
+    let by = if body.author.trim().is_empty() { caller.actor() } else { body.author };
+    let message = if body.message.is_empty() { body.note } else { body.message };
+    let ids: Vec<String> = body.bundle_ids.iter().map(|i| bundle_id(i)).collect();
+    let out = app.policy.publish(&ids, &by, &message).await.map_err(bundle_error)?;
+    Ok(Json(serde_json::to_value(out).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    snapshot_id: String,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn rollback(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    StrictJson(body): StrictJson<RollbackBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the policy")?;
+    if body.snapshot_id.trim().is_empty() {
+        return Err(ApiError::bad_request("snapshot_id is required").with("field", "snapshot_id"));
+    }
+    let by = if body.author.trim().is_empty() { caller.actor() } else { body.author };
+    let message = if body.message.is_empty() { body.note } else { body.message };
+    let out = app.policy.rollback(body.snapshot_id.trim(), &by, &message).await.map_err(bundle_error)?;
+    Ok(Json(serde_json::to_value(out).unwrap_or_default()))
+}
+
+async fn history_json(app: &App) -> Result<Value, ApiError> {
+    let items = app.policy.history(100).await.map_err(bundle_error)?;
+    let mut ids: Vec<String> = Vec::new();
+    for h in &items {
+        if !ids.contains(&h.snapshot_id) {
+            ids.push(h.snapshot_id.clone());
+        }
+    }
+    Ok(json!({"items": items, "active": app.policy.active().id, "snapshots": ids}))
+}
+
+async fn snapshot_json(app: &App, id: &str) -> Result<Value, ApiError> {
+    let record = app.policy.snapshot(id).await.map_err(bundle_error)?;
+    Ok(serde_json::to_value(record).unwrap_or_default())
+}
+
+/// `GET /api/v1/policy/snapshots`: the history, newest first.
+pub async fn snapshots(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    history_json(&app).await.map(Json)
+}
+
+/// `GET /api/v1/policy/snapshots/{id}`: one immutable snapshot.
+pub async fn snapshot(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    snapshot_json(&app, &id).await.map(Json)
+}
