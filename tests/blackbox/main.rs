@@ -1,6 +1,7 @@
 //! Black-box tests: each starts the real `cordum` binary on a free port with
 //! a fresh data dir and speaks HTTP to it.
 
+mod deadlines;
 mod external;
 mod hardening;
 mod harness;

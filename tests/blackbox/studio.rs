@@ -140,8 +140,7 @@ impl Browser {
 }
 
 const BROKEN: &str = "rules:\n  - id: stop-hello\n    match:\n      topics: [\"job.hello-pack.echo\"]\n    decision: deny\n    reason: \"closed\"\n  - id: broken\n    match: {topics: [unclosed\n";
-const FIXED: &str =
-    "rules:\n  - id: stop-hello\n    match:\n      topics: [\"job.hello-pack.echo\"]\n    decision: deny\n    reason: \"closed\"\n";
+const FIXED: &str = "rules:\n  - id: stop-hello\n    match:\n      topics: [\"job.hello-pack.echo\"]\n    decision: deny\n    reason: \"closed\"\n";
 
 #[test]
 fn policy_studio_edit_explain_publish_and_roll_back_in_chromium() {

@@ -80,10 +80,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/policy/bundles", get(policy_bundles::list))
         .route(
             "/api/v1/policy/bundles/{*id}",
-            get(policy_bundles::get)
-                .put(policy_bundles::put)
-                .delete(policy_bundles::delete)
-                .post(policy_bundles::post),
+            get(policy_bundles::get).put(policy_bundles::put).delete(policy_bundles::delete).post(policy_bundles::post),
         )
         .route("/api/v1/policy/publish", post(policy_bundles::publish))
         .route("/api/v1/policy/rollback", post(policy_bundles::rollback))

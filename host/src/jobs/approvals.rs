@@ -143,10 +143,11 @@ impl JobService {
         if is_gate(&job) {
             return self.open_gate(caller, id, reason, note).await;
         }
-        // The policy may have changed since the job was held.
+        // The policy may have changed since the job was held. A dry run:
+        // the submit already counted this job against velocity rules.
         let current = self
             .policy
-            .evaluate(tenant, &policy_request(&job))
+            .simulate(tenant, &policy_request(&job))
             .map_err(|e| JobError::PolicyUnavailable(e.to_string()))?;
         if matches!(current.decision, DecisionKind::Deny | DecisionKind::Throttle) {
             let record = self.approval_record(caller, "invalidated", reason, note, &current.policy_snapshot);

@@ -257,7 +257,7 @@ impl Dispatcher {
         let Some(pack) = self.registry.pack(&job.pack_id) else {
             return Settle::Failed(JobState::Failed, "pack_missing", format!("pack {} is not installed", job.pack_id));
         };
-        let config = self.effective_config(&job).await;
+        let config = self.effective_config(job).await;
         let item = WorkItem {
             job_id: job.id.clone(),
             topic: job.topic.clone(),
@@ -569,7 +569,10 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 /// `budgets.max_runtime_ms` and by the job's own `timeout_ms`.
 fn job_timeout(job: &JobRecord, pack_limit: Duration, config: &serde_json::Value) -> Duration {
     let mut timeout = pack_limit;
-    if let Some(secs) = config.pointer("/timeouts/topics").and_then(|t| t.get(&job.topic)).and_then(|v| v.as_f64())
+    // `timeouts.topics.<topic>`: seconds, or upstream's `{timeout_seconds: N, ...}`.
+    let topic_timeout = config.pointer("/timeouts/topics").and_then(|t| t.get(&job.topic));
+    let secs = topic_timeout.and_then(|v| v.as_f64().or_else(|| v.get("timeout_seconds").and_then(|s| s.as_f64())));
+    if let Some(secs) = secs
         && secs > 0.0
     {
         timeout = timeout.min(Duration::from_secs_f64(secs));
