@@ -327,3 +327,68 @@ fn pack_components_read_the_effective_config_of_their_tenant() {
     let g = gw.wait_job(GLOBEX, None, g["job_id"].as_str().unwrap(), super::WAIT);
     assert_eq!(g["result"]["pool"]["requires"][0], "local", "{g}");
 }
+
+#[test]
+fn a_component_bundle_puts_a_registered_policy_component_into_the_policy() {
+    let gw = gateway();
+    let wasm = std::fs::read(std::path::Path::new(super::harness::TEST_PACKS).join("deny-all-policy.wasm")).unwrap();
+    let register = |key: &str, body: Vec<u8>| {
+        gw.client
+            .post(gw.url("/api/v1/policy/components?name=deny-all"))
+            .header("X-API-Key", key)
+            .header("Content-Type", "application/wasm")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    // Operators only; the component must implement cordum:policy.
+    assert_envelope(register(ACME_ADMIN, wasm.clone()), 403);
+    assert_envelope(register(ADMIN, b"not wasm".to_vec()), 400);
+    let record = json_of(register(ADMIN, wasm));
+    let digest = record["digest"].as_str().unwrap().to_string();
+    let content = record["bundle_content"].as_str().unwrap().to_string();
+    assert!(content.contains(&digest));
+    let listed = json_of(gw.get(ADMIN, None, "/api/v1/policy/components"));
+    assert_eq!(listed["items"][0]["digest"], digest.as_str());
+
+    // A bundle naming an unknown component is refused at the digest line.
+    let unknown = "# engine\ncomponent:\n  digest: 0000000000000000000000000000000000000000000000000000000000000000\n";
+    let err =
+        assert_envelope(put(&gw, ADMIN, None, "/api/v1/policy/bundles/zz/engine", &json!({"content": unknown})), 400);
+    assert_eq!(err["diagnostics"][0]["line"], 3, "{err}");
+
+    // Drafted: nothing changes; explained with the draft: the component decides last.
+    json_of(put(&gw, ADMIN, None, "/api/v1/policy/bundles/zz/engine", &json!({"content": content})));
+    let (status, _) = gw.submit(ACME, None, echo("before"));
+    assert_eq!(status, 200);
+    let out = json_of(gw.post(
+        ADMIN,
+        None,
+        "/api/v1/policy/explain",
+        &json!({"topic": "job.hello-pack.echo", "use_drafts": true}),
+    ));
+    assert_eq!(out["decision"], "DECISION_TYPE_DENY", "{out}");
+    assert_eq!(out["ruleId"], "deny-all:tenant-deny-all");
+    let trace = out["trace"].as_array().unwrap();
+    let last = trace.last().unwrap();
+    assert_eq!(last["rule_id"], "deny-all");
+    assert_eq!(last["decisive"], true);
+    assert_eq!(trace.iter().filter(|t| t["decisive"] == true).count(), 1, "{out}");
+
+    // Published: every tenant's requests go through it, each in its own sandbox.
+    let published = json_of(gw.post(ADMIN, None, "/api/v1/policy/publish", &json!({"message": "engine"})));
+    for key in [ACME, GLOBEX] {
+        let denied = assert_envelope(gw.post(key, None, "/api/v1/jobs", &echo("after")), 403);
+        assert_eq!(denied["rule_id"], "deny-all:tenant-deny-all", "{denied}");
+    }
+    let snap = json_of(gw.get(
+        ADMIN,
+        None,
+        &format!("/api/v1/policy/snapshots/{}", urlencode(published["snapshot_id"].as_str().unwrap())),
+    ));
+    assert!(snap.to_string().contains(&digest));
+    // Rolled back: the rules alone decide again.
+    json_of(gw.post(ADMIN, None, "/api/v1/policy/rollback", &json!({"snapshot_id": published["snapshot_before"]})));
+    let (status, body) = gw.submit(GLOBEX, None, echo("again"));
+    assert_eq!(status, 200, "{body}");
+}

@@ -52,7 +52,7 @@ pub async fn body_limit(State(app): State<Arc<App>>, mut req: Request, next: Nex
     // Pack bundles are larger than any JSON body.
     let limit = match req.uri().path() {
         "/api/v1/packs/install" => super::packs::MAX_PACK_UPLOAD,
-        "/api/v1/policy/component" => crate::policy::tenant::MAX_COMPONENT_BYTES,
+        "/api/v1/policy/component" | "/api/v1/policy/components" => crate::policy::tenant::MAX_COMPONENT_BYTES,
         _ => app.max_body_bytes,
     };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());

@@ -87,6 +87,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/policy/snapshots", get(policy_bundles::snapshots))
         .route("/api/v1/policy/snapshots/{*id}", get(policy_bundles::snapshot))
         .route("/api/v1/policy/simulate", post(policy::simulate))
+        .route(
+            "/api/v1/policy/components",
+            get(policy::list_shared_components)
+                .post(policy::register_shared_component)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::policy::tenant::MAX_COMPONENT_BYTES)),
+        )
         .route("/api/v1/policy/evaluate", post(policy::evaluate))
         .route("/api/v1/policy/explain", post(policy::explain));
     Router::new()

@@ -315,3 +315,42 @@ pub async fn delete_component(State(app): State<Arc<App>>, caller: Caller) -> Re
     tenant_policies(&app)?.remove(&caller.tenant).await.map_err(tenant_policy_error)?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedComponentQuery {
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /api/v1/policy/components?name=`: register a policy component (the
+/// `.wasm` as the body) for component bundles. Operators only: it can take
+/// part in every tenant's decisions once a published bundle names it.
+pub async fn register_shared_component(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: Result<axum::extract::Query<SharedComponentQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the policy")?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let bundles = app.policy.active_bundles();
+    let record = tenant_policies(&app)?
+        .register_shared(&body, query.name.trim(), &bundles, &caller.actor())
+        .await
+        .map_err(tenant_policy_error)?;
+    let bundle = format!(
+        "component:\n  digest: {}\n  name: {}\n",
+        record.digest,
+        if record.name.is_empty() { "component" } else { &record.name }
+    );
+    let mut out = serde_json::to_value(&record).unwrap_or_default();
+    out["bundle_content"] = json!(bundle);
+    Ok(Json(out))
+}
+
+/// `GET /api/v1/policy/components`: the registered shared components.
+pub async fn list_shared_components(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(json!({"items": tenant_policies(&app)?.list_shared()})))
+}

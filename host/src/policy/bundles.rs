@@ -101,6 +101,8 @@ pub struct BundleView {
     pub id: String,
     /// `pack` or `user`.
     pub source: String,
+    /// `rules` (safety-policy YAML) or `component` (names a policy component).
+    pub kind: &'static str,
     /// The content an editor should show: the draft's when there is one.
     pub content: Option<String>,
     pub enabled: bool,
@@ -500,7 +502,8 @@ impl PolicyService {
         }))
     }
 
-    fn with_base(&self, bundles: Vec<(String, String)>) -> Vec<(String, String)> {
+    /// The base policy followed by `bundles` (component bundles included).
+    pub(crate) fn with_base(&self, bundles: Vec<(String, String)>) -> Vec<(String, String)> {
         self.base.clone().into_iter().chain(bundles).collect()
     }
 
@@ -611,8 +614,10 @@ fn view(id: &str, live: Option<&StoredBundle>, draft: Option<&Draft>) -> BundleV
         (None, Some(b)) => Some(b.content.clone()),
         (None, None) => None,
     };
+    let is_component = content.as_deref().is_some_and(|c| super::component_ref::parse(id, c).is_some());
     BundleView {
         id: id.to_string(),
+        kind: if is_component { "component" } else { "rules" },
         pack_id: live.and_then(owner),
         sha256: content.as_deref().map(sha_hex).unwrap_or_default(),
         content,

@@ -14,6 +14,7 @@
 //! a dry run that only counts.
 
 pub mod bundles;
+pub mod component_ref;
 pub mod model;
 pub mod output;
 pub mod tenant;
@@ -53,6 +54,8 @@ pub struct StoredBundle {
 pub struct PolicySnapshot {
     pub id: String,
     pub bundles: Vec<(String, String)>,
+    /// The component bundles among `bundles`, in merge order (parsed once).
+    components: Vec<(String, component_ref::ComponentRef)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +146,11 @@ impl PolicyService {
         base: Option<(String, String)>,
     ) -> Self {
         let limits = runtime.limits.plugin;
-        let empty = Arc::new(PolicySnapshot { id: snapshot_id(base.as_ref(), &[]), bundles: Vec::new() });
+        let empty = Arc::new(PolicySnapshot {
+            id: snapshot_id(base.as_ref(), &[]),
+            bundles: Vec::new(),
+            components: Vec::new(),
+        });
         Self {
             runtime,
             component,
@@ -173,7 +180,7 @@ impl PolicyService {
             .collect();
         bundles.sort_by(|a, b| a.0.cmp(&b.0));
         let snapshot = self.snapshot_from(bundles);
-        let diags = self.check(&snapshot.bundles_with_base(self.base.as_ref()))?;
+        let diags = self.check(&self.with_base(snapshot.bundles.clone()))?;
         if !diags.is_empty() {
             return Err(PolicyError::InvalidBundle(diags));
         }
@@ -209,19 +216,104 @@ impl PolicyService {
     }
 
     fn snapshot_from(&self, bundles: Vec<(String, String)>) -> PolicySnapshot {
-        PolicySnapshot { id: snapshot_id(self.base.as_ref(), &bundles), bundles }
+        let components =
+            bundles.iter().filter_map(|(id, c)| Some((id.clone(), component_ref::parse(id, c)?.ok()?))).collect();
+        PolicySnapshot { id: snapshot_id(self.base.as_ref(), &bundles), bundles, components }
     }
 
     /// Validate bundles (in merge order) with the policy component.
+    /// Component bundles are checked here (well formed, naming a registered
+    /// component); rule bundles by the policy component.
     pub fn check(&self, bundles: &[(String, String)]) -> Result<Vec<Diagnostic>, PolicyError> {
-        let wit_bundles: Vec<wit::Bundle> =
-            bundles.iter().map(|(id, content)| wit::Bundle { id: id.clone(), content: content.clone() }).collect();
+        let mut diags = Vec::new();
+        let mut wit_bundles = Vec::new();
+        for (id, content) in bundles {
+            match component_ref::parse(id, content) {
+                None => wit_bundles.push(wit::Bundle { id: id.clone(), content: content.clone() }),
+                Some(Ok(r)) => {
+                    if self.tenants.get().and_then(|t| t.shared(&r.digest)).is_none() {
+                        let line = content.lines().position(|l| l.contains("digest")).map(|i| i as u32 + 1);
+                        diags.push(Diagnostic {
+                            bundle_id: id.clone(),
+                            line: line.unwrap_or(0),
+                            column: line.map(|_| 1).unwrap_or(0),
+                            message: format!(
+                                "policy component {} is not registered (POST /api/v1/policy/components)",
+                                r.digest
+                            ),
+                        });
+                    }
+                }
+                Some(Err((message, line, column))) => {
+                    diags.push(Diagnostic { bundle_id: id.clone(), line, column, message })
+                }
+            }
+        }
         let mut instance = self.instantiate("system")?;
         let out = instance.bindings.cordum_policy_evaluator().call_check(&mut instance.store, &wit_bundles);
         match out {
-            Ok(diags) => Ok(diags.into_iter().map(Diagnostic::from).collect()),
+            Ok(found) => {
+                diags.extend(found.into_iter().map(Diagnostic::from));
+                Ok(diags)
+            }
             Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
+    }
+
+    /// Let the snapshot's component bundles tighten the rules' decision, in
+    /// merge order, each in `tenant`'s sandbox.
+    fn apply_components(
+        &self,
+        tenant: &str,
+        snapshot: &PolicySnapshot,
+        request: &PolicyRequest,
+        mut decision: PolicyDecision,
+        mode: VelocityMode,
+        mut trace: Option<&mut Vec<TraceEntry>>,
+    ) -> PolicyDecision {
+        if snapshot.components.is_empty() {
+            return decision;
+        }
+        let Some(tenants) = self.tenants.get() else { return decision };
+        let rules = snapshot.bundles_with_base(self.base.as_ref());
+        for r in snapshot.components() {
+            let before = (decision.decision, decision.rule_id.clone());
+            decision = tenants.tighten_shared(
+                tenant,
+                &r.digest,
+                &r.name,
+                (&snapshot.id, &rules),
+                request,
+                decision,
+                (&self.velocity, mode),
+            );
+            let changed = (decision.decision, decision.rule_id.clone()) != before;
+            if let Some(t) = trace.as_deref_mut() {
+                if changed {
+                    t.iter_mut().for_each(|e| e.decisive = false);
+                }
+                t.push(TraceEntry {
+                    rule_id: r.name.clone(),
+                    position: t.len() as u32,
+                    matched: changed,
+                    decisive: changed,
+                    detail: if changed {
+                        format!(
+                            "policy component {}: tightened to {} (rule {})",
+                            &r.digest[..12],
+                            decision.decision.as_str(),
+                            decision.rule_id
+                        )
+                    } else {
+                        format!("policy component {}: no stricter decision", &r.digest[..12])
+                    },
+                });
+            }
+            if decision.decision == DecisionKind::Deny {
+                break;
+            }
+        }
+        decision
     }
 
     /// Would `extra` (a bundle id and content) keep the policy valid?
@@ -232,14 +324,14 @@ impl PolicyService {
             bundles.push((id.clone(), content.clone()));
         }
         bundles.sort_by(|a, b| a.0.cmp(&b.0));
-        self.check(&self.snapshot_from(bundles).bundles_with_base(self.base.as_ref()))
+        self.check(&self.with_base(bundles))
     }
 
     /// A fresh instance loaded with the active policy plus `extra` bundles
     /// (replacing bundles with the same ids; `None` content removes one).
     /// Nothing is stored; the active snapshot and warm instances are
     /// untouched. Returns the instance and the draft snapshot's id.
-    fn draft_instance(&self, extra: &[(String, Option<String>)]) -> Result<(WarmPolicy, String), PolicyError> {
+    fn draft_instance(&self, extra: &[(String, Option<String>)]) -> Result<(WarmPolicy, PolicySnapshot), PolicyError> {
         let mut bundles = self.active().bundles.clone();
         for (id, content) in extra {
             bundles.retain(|(b, _)| b != id);
@@ -257,7 +349,7 @@ impl PolicyService {
         let mut instance = self.instantiate("system")?;
         self.runtime.arm(&mut instance.store, self.limits);
         match instance.bindings.cordum_policy_evaluator().call_load(&mut instance.store, &wit_bundles) {
-            Ok(Ok(_)) => Ok((instance, draft.id)),
+            Ok(Ok(_)) => Ok((instance, draft)),
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
@@ -270,9 +362,12 @@ impl PolicyService {
         extra: &[(String, Option<String>)],
         request: &PolicyRequest,
     ) -> Result<PolicyDecision, PolicyError> {
-        let (mut instance, draft_id) = self.draft_instance(extra)?;
+        let (mut instance, draft) = self.draft_instance(extra)?;
         match instance.bindings.cordum_policy_evaluator().call_evaluate(&mut instance.store, &request.to_wit()) {
-            Ok(Ok(decision)) => Ok(PolicyDecision::from_wit(decision, &draft_id)),
+            Ok(Ok(decision)) => {
+                let decision = PolicyDecision::from_wit(decision, &draft.id);
+                Ok(self.apply_components(&request.tenant, &draft, request, decision, VelocityMode::DryRun, None))
+            }
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
@@ -284,13 +379,21 @@ impl PolicyService {
         extra: &[(String, Option<String>)],
         request: &PolicyRequest,
     ) -> Result<(PolicyDecision, Vec<TraceEntry>, bool), PolicyError> {
-        let (mut instance, draft_id) = self.draft_instance(extra)?;
+        let (mut instance, draft) = self.draft_instance(extra)?;
         match instance.bindings.cordum_policy_evaluator().call_explain(&mut instance.store, &request.to_wit()) {
-            Ok(Ok(explanation)) => Ok((
-                PolicyDecision::from_wit(explanation.decision, &draft_id),
-                explanation.trace.into_iter().map(TraceEntry::from).collect(),
-                explanation.defaulted,
-            )),
+            Ok(Ok(explanation)) => {
+                let mut trace: Vec<TraceEntry> = explanation.trace.into_iter().map(TraceEntry::from).collect();
+                let decision = PolicyDecision::from_wit(explanation.decision, &draft.id);
+                let decision = self.apply_components(
+                    &request.tenant,
+                    &draft,
+                    request,
+                    decision,
+                    VelocityMode::DryRun,
+                    Some(&mut trace),
+                );
+                Ok((decision, trace, explanation.defaulted))
+            }
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
         }
@@ -370,6 +473,7 @@ impl PolicyService {
         let (decision, snapshot) = self
             .with_instance(tenant, mode, |i| i.bindings.cordum_policy_evaluator().call_evaluate(&mut i.store, &req))?;
         let decision = PolicyDecision::from_wit(decision, &snapshot.id);
+        let decision = self.apply_components(tenant, &snapshot, request, decision, mode, None);
         Ok(match self.tenants.get() {
             Some(tenants) => {
                 let bundles = snapshot.bundles_with_base(self.base.as_ref());
@@ -404,15 +508,27 @@ impl PolicyService {
         let (explanation, snapshot) = self.with_instance(tenant, VelocityMode::DryRun, |i| {
             i.bindings.cordum_policy_evaluator().call_explain(&mut i.store, &req)
         })?;
-        let trace = explanation.trace.into_iter().map(TraceEntry::from).collect();
-        Ok((PolicyDecision::from_wit(explanation.decision, &snapshot.id), trace, explanation.defaulted))
+        let mut trace: Vec<TraceEntry> = explanation.trace.into_iter().map(TraceEntry::from).collect();
+        let decision = PolicyDecision::from_wit(explanation.decision, &snapshot.id);
+        let decision =
+            self.apply_components(tenant, &snapshot, request, decision, VelocityMode::DryRun, Some(&mut trace));
+        Ok((decision, trace, explanation.defaulted))
     }
 }
 
 impl PolicySnapshot {
-    /// The bundles in merge order, the base policy first.
+    /// The rule bundles in merge order, the base policy first (what the
+    /// rules engine loads; component bundles are left out).
     pub fn bundles_with_base(&self, base: Option<&(String, String)>) -> Vec<(String, String)> {
-        base.cloned().into_iter().chain(self.bundles.iter().cloned()).collect()
+        base.cloned()
+            .into_iter()
+            .chain(self.bundles.iter().filter(|(id, _)| !self.components.iter().any(|(c, _)| c == id)).cloned())
+            .collect()
+    }
+
+    /// The component bundles, in merge order.
+    pub fn components(&self) -> impl Iterator<Item = &component_ref::ComponentRef> {
+        self.components.iter().map(|(_, r)| r)
     }
 }
 

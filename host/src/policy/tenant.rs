@@ -13,6 +13,12 @@
 //!
 //! Stored: the record under `tenantpolicy:<tenant>`, the `.wasm` under the
 //! data dir's `components/` by digest.
+//!
+//! **Shared components** are registered by an operator
+//! (`policycomponent:<digest>`) and take part in the global policy through
+//! a component bundle (see `policy::component_ref`): every tenant's request
+//! then also runs through that component, each tenant in its own sandbox
+//! and instances, with the same tighten-only, fail-closed rule.
 
 use super::model::{DecisionKind, PolicyDecision, PolicyRequest};
 use crate::runtime::sandbox::SandboxLimits;
@@ -30,6 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 const RECORD_PREFIX: &str = "tenantpolicy:";
+const SHARED_PREFIX: &str = "policycomponent:";
 /// Largest component accepted.
 pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
 
@@ -46,6 +53,19 @@ pub struct TenantComponentRecord {
     /// The marketplace plugin it came from (`id@version`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+}
+
+/// A component registered for use by component bundles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SharedComponentRecord {
+    pub digest: String,
+    #[serde(default)]
+    pub name: String,
+    pub size_bytes: usize,
+    pub uploaded_by: String,
+    pub uploaded_at: DateTime<Utc>,
+    /// Relative to the data dir.
+    pub file: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +95,7 @@ pub struct TenantPolicies {
     store: Arc<dyn Store>,
     data_dir: PathBuf,
     active: RwLock<HashMap<String, Arc<Active>>>,
+    shared: RwLock<HashMap<String, (SharedComponentRecord, Arc<LoadedComponent>)>>,
     warm: WarmPool<Warm>,
     limits: SandboxLimits,
 }
@@ -92,7 +113,15 @@ fn rank(kind: DecisionKind) -> u8 {
 impl TenantPolicies {
     pub fn new(runtime: Arc<Runtime>, store: Arc<dyn Store>, data_dir: PathBuf) -> Self {
         let limits = runtime.limits.plugin;
-        Self { runtime, store, data_dir, active: RwLock::new(HashMap::new()), warm: WarmPool::new(4), limits }
+        Self {
+            runtime,
+            store,
+            data_dir,
+            active: RwLock::new(HashMap::new()),
+            shared: RwLock::new(HashMap::new()),
+            warm: WarmPool::new(4),
+            limits,
+        }
     }
 
     /// Load the components stored by earlier runs.
@@ -109,7 +138,27 @@ impl TenantPolicies {
                 .insert(record.tenant.clone(), Arc::new(Active { record, component: Arc::new(component) }));
             count += 1;
         }
+        for (_, entry) in self.store.scan(SHARED_PREFIX, None, 100_000).await? {
+            let record: SharedComponentRecord = entry.json()?;
+            let bytes = std::fs::read(self.data_dir.join(&record.file))
+                .map_err(|e| TenantPolicyError::Invalid(format!("shared component {}: {e}", record.digest)))?;
+            let component =
+                self.runtime.load(&bytes, World::Policy).map_err(|e| TenantPolicyError::Invalid(e.to_string()))?;
+            self.shared.write().insert(record.digest.clone(), (record, Arc::new(component)));
+            count += 1;
+        }
         Ok(count)
+    }
+
+    /// A registered shared component.
+    pub fn shared(&self, digest: &str) -> Option<SharedComponentRecord> {
+        self.shared.read().get(digest).map(|(r, _)| r.clone())
+    }
+
+    pub fn list_shared(&self) -> Vec<SharedComponentRecord> {
+        let mut out: Vec<_> = self.shared.read().values().map(|(r, _)| r.clone()).collect();
+        out.sort_by_key(|r| r.uploaded_at);
+        out
     }
 
     pub fn get(&self, tenant: &str) -> Option<TenantComponentRecord> {
@@ -138,7 +187,8 @@ impl TenantPolicies {
     ) -> Result<wit::Decision, String> {
         let (snapshot_id, bundles) = snapshot;
         let wanted = format!("{}|{snapshot_id}", component.digest);
-        let mut instance = match self.warm.take(tenant).filter(|w| reuse && w.loaded == wanted) {
+        let warm_key = format!("{tenant}|{}", component.digest);
+        let mut instance = match self.warm.take(&warm_key).filter(|w| reuse && w.loaded == wanted) {
             Some(w) => w,
             None => {
                 let mut w = self.instantiate(tenant, component).map_err(|e| e.to_string())?;
@@ -163,7 +213,7 @@ impl TenantPolicies {
         match out {
             Ok(Ok(decision)) => {
                 if reuse {
-                    self.warm.give_back(tenant, instance);
+                    self.warm.give_back(&warm_key, instance);
                 }
                 Ok(decision)
             }
@@ -182,6 +232,31 @@ impl TenantPolicies {
         by: &str,
         plugin: Option<String>,
     ) -> Result<TenantComponentRecord, TenantPolicyError> {
+        let (component, file) = self.check_and_keep(tenant, wasm, bundles)?;
+        let record = TenantComponentRecord {
+            tenant: tenant.into(),
+            digest: component.digest.clone(),
+            size_bytes: wasm.len(),
+            uploaded_by: by.into(),
+            uploaded_at: Utc::now(),
+            file,
+            plugin,
+        };
+        self.store.apply(vec![Op::put_json(format!("{RECORD_PREFIX}{tenant}"), &record)]).await?;
+        self.active
+            .write()
+            .insert(tenant.into(), Arc::new(Active { record: record.clone(), component: Arc::new(component) }));
+        Ok(record)
+    }
+
+    /// Link `wasm` against `cordum:policy`, probe it in `tenant`'s sandbox
+    /// with `bundles`, and keep its bytes under `components/<digest>.wasm`.
+    fn check_and_keep(
+        &self,
+        tenant: &str,
+        wasm: &[u8],
+        bundles: &[(String, String)],
+    ) -> Result<(LoadedComponent, String), TenantPolicyError> {
         if wasm.is_empty() || wasm.len() > MAX_COMPONENT_BYTES {
             return Err(TenantPolicyError::Invalid(format!(
                 "a policy component is 1 to {MAX_COMPONENT_BYTES} bytes of WebAssembly"
@@ -208,19 +283,29 @@ impl TenantPolicies {
         std::fs::write(&tmp, wasm)
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| TenantPolicyError::Invalid(e.to_string()))?;
-        let record = TenantComponentRecord {
-            tenant: tenant.into(),
+        Ok((component, file))
+    }
+
+    /// Register a component for component bundles (operators only; the
+    /// route checks). Idempotent by digest.
+    pub async fn register_shared(
+        &self,
+        wasm: &[u8],
+        name: &str,
+        bundles: &[(String, String)],
+        by: &str,
+    ) -> Result<SharedComponentRecord, TenantPolicyError> {
+        let (component, file) = self.check_and_keep("system", wasm, bundles)?;
+        let record = SharedComponentRecord {
             digest: component.digest.clone(),
+            name: name.to_string(),
             size_bytes: wasm.len(),
             uploaded_by: by.into(),
             uploaded_at: Utc::now(),
             file,
-            plugin,
         };
-        self.store.apply(vec![Op::put_json(format!("{RECORD_PREFIX}{tenant}"), &record)]).await?;
-        self.active
-            .write()
-            .insert(tenant.into(), Arc::new(Active { record: record.clone(), component: Arc::new(component) }));
+        self.store.apply(vec![Op::put_json(format!("{SHARED_PREFIX}{}", record.digest), &record)]).await?;
+        self.shared.write().insert(record.digest.clone(), (record.clone(), Arc::new(component)));
         Ok(record)
     }
 
@@ -246,12 +331,68 @@ impl TenantPolicies {
     ) -> PolicyDecision {
         let Some(active) = self.active.read().get(tenant).cloned() else { return base };
         let counters = velocity.0.access(format!("tenant:{tenant}"), velocity.1);
-        match self.decide(tenant, &active.component, snapshot, request, true, Some(counters)) {
+        self.tighten_by(
+            tenant,
+            &active.component,
+            "tenant",
+            "the tenant's policy component",
+            snapshot,
+            request,
+            base,
+            counters,
+        )
+    }
+
+    /// Let the shared component `digest` (named by a component bundle)
+    /// tighten `base` in `tenant`'s sandbox. A component that is not
+    /// registered (any more) denies: fail closed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tighten_shared(
+        &self,
+        tenant: &str,
+        digest: &str,
+        label: &str,
+        snapshot: (&str, &[(String, String)]),
+        request: &PolicyRequest,
+        base: PolicyDecision,
+        velocity: (&Arc<VelocityCounters>, VelocityMode),
+    ) -> PolicyDecision {
+        let Some((_, component)) = self.shared.read().get(digest).cloned() else {
+            return PolicyDecision {
+                decision: DecisionKind::Deny,
+                rule_id: format!("{label}:component-missing"),
+                reason: format!("policy component {digest} is not registered on this gateway"),
+                constraints: None,
+                remediations: Vec::new(),
+                approval_required: false,
+                policy_snapshot: base.policy_snapshot,
+            };
+        };
+        let counters = velocity.0.access(format!("component:{digest}"), velocity.1);
+        let what = format!("policy component {label}");
+        self.tighten_by(tenant, &component, label, &what, snapshot, request, base, counters)
+    }
+
+    /// Run `component` for `tenant` and keep the stricter of its decision
+    /// and `base`; its rule id shows as `<prefix>:<rule>`. Fails closed.
+    #[allow(clippy::too_many_arguments)]
+    fn tighten_by(
+        &self,
+        tenant: &str,
+        component: &LoadedComponent,
+        prefix: &str,
+        what: &str,
+        snapshot: (&str, &[(String, String)]),
+        request: &PolicyRequest,
+        base: PolicyDecision,
+        counters: VelocityAccess,
+    ) -> PolicyDecision {
+        match self.decide(tenant, component, snapshot, request, true, Some(counters)) {
             Ok(decision) => {
                 let theirs = PolicyDecision::from_wit(decision, &base.policy_snapshot);
                 if rank(theirs.decision) > rank(base.decision) {
                     PolicyDecision {
-                        rule_id: format!("tenant:{}", theirs.rule_id),
+                        rule_id: format!("{prefix}:{}", theirs.rule_id),
                         approval_required: theirs.decision == DecisionKind::RequireApproval,
                         ..theirs
                     }
@@ -260,11 +401,11 @@ impl TenantPolicies {
                 }
             }
             Err(e) => {
-                tracing::warn!(%tenant, error = %e, "tenant policy component failed; denying");
+                tracing::warn!(%tenant, component = %prefix, error = %e, "policy component failed; denying");
                 PolicyDecision {
                     decision: DecisionKind::Deny,
-                    rule_id: "tenant:component-error".into(),
-                    reason: format!("the tenant's policy component failed: {e}"),
+                    rule_id: format!("{prefix}:component-error"),
+                    reason: format!("{what} failed: {e}"),
                     constraints: None,
                     remediations: Vec::new(),
                     approval_required: false,
