@@ -423,7 +423,7 @@ fn schema_ids_with_a_slash_round_trip() {
     assert_envelope(gw.get(ADMIN, None, "/api/v1/schemas/team%2FThing"), 404);
 }
 
-fn plugin_bundle(id: &str, world: &str, wasm: Vec<u8>) -> Vec<u8> {
+pub fn plugin_bundle(id: &str, world: &str, wasm: Vec<u8>) -> Vec<u8> {
     let manifest = format!(
         "apiVersion: cordum.io/v1alpha1\nkind: Plugin\nmetadata:\n  id: {id}\n  version: 1.0.0\ncomponent:\n  path: plugin.wasm\n  world: {world}\n"
     );

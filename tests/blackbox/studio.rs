@@ -8,7 +8,7 @@
 //! skipped with a notice otherwise.
 
 use super::harness::{Gateway, Options};
-use super::{ADMIN, echo, keys_env};
+use super::{ACME, ACME_ADMIN, ADMIN, echo, keys_env};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -200,4 +200,41 @@ fn policy_studio_edit_explain_publish_and_roll_back_in_chromium() {
     browser.wait_text("#status", "rolled back", |t| t.contains("Rolled back"));
     let (status, body) = gw.submit(ADMIN, None, echo("after rollback"));
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn policy_studio_selects_a_tenant_policy_engine_from_the_marketplace_in_chromium() {
+    use sha2::{Digest, Sha256};
+    let Some(browser) = Browser::start() else { return };
+    // A catalog offering one policy engine (it denies everything).
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = std::fs::read(std::path::Path::new(super::harness::TEST_PACKS).join("deny-all-policy.wasm")).unwrap();
+    let bundle = super::packs::plugin_bundle("strict", "cordum:policy/policy-plugin@0.1.0", wasm);
+    std::fs::write(tmp.path().join("strict.tgz"), &bundle).unwrap();
+    let catalog = json!({"packs": [{"id": "strict", "version": "1.0.0", "kind": "policy-component", "title": "Strict engine",
+        "url": "strict.tgz", "sha256": hex::encode(Sha256::digest(&bundle))}]});
+    std::fs::write(tmp.path().join("catalog.json"), serde_json::to_vec(&catalog).unwrap()).unwrap();
+    let gw = Gateway::start(Options {
+        env: keys_env(),
+        args: vec!["--catalog".into(), tmp.path().display().to_string()],
+        ..Default::default()
+    });
+    browser.goto(&gw.url("/studio"));
+    // A tenant admin of acme signs in and picks the engine for acme.
+    browser.type_into("#api-key", ACME_ADMIN);
+    browser.click("#signin-button");
+    browser.wait_text("#engine-current", "the rules-only state", |t| t.contains("shared rules only"));
+    browser.wait_text("#engine-list", "the catalog's engine", |t| t.contains("Strict engine"));
+    browser.click("#engine-list button.use-engine");
+    browser.wait_text("#engine-current", "the engine in use", |t| t.contains("strict@1.0.0"));
+    let denied = gw.post(ACME, None, "/api/v1/jobs", &echo("acme"));
+    assert_eq!(denied.status().as_u16(), 403);
+    assert_eq!(denied.json::<Value>().unwrap()["rule_id"], "tenant:tenant-deny-all");
+    let (status, _) = gw.submit(super::GLOBEX, None, echo("globex"));
+    assert_eq!(status, 200, "only acme runs it");
+    // Back to the rules only.
+    browser.click("#engine-remove");
+    browser.wait_text("#engine-current", "the rules-only state", |t| t.contains("shared rules only"));
+    let (status, _) = gw.submit(ACME, None, echo("acme again"));
+    assert_eq!(status, 200);
 }

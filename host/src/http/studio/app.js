@@ -46,6 +46,7 @@ async function signIn(ev) {
     $("studio").hidden = false;
     $("whoami").textContent = state.tenant ? `tenant ${state.tenant}` : "signed in";
     await loadHistory();
+    await loadEngine();
   } catch (e) {
     $("signin-error").textContent = e.status === 401 ? "That API key is not valid." :
       e.status === 403 ? "This key may not use Policy Studio (an admin key is needed)." : e.message;
@@ -261,6 +262,58 @@ async function loadHistory() {
   }
 }
 
+// ---- the tenant's policy engine ---------------------------------------------------
+// A tenant may run a policy component of its own after the shared rules (it
+// can only tighten them). The marketplace's policy-component plugins are
+// offered here; installing one selects it for the signed-in tenant.
+
+async function loadEngine() {
+  let current = null;
+  try { current = await api("GET", "/api/v1/policy/component"); } catch (e) { if (e.status !== 404) throw e; }
+  $("engine-current").textContent = current
+    ? `This tenant also runs ${current.plugin || "an uploaded component"} (${String(current.digest).slice(0, 12)}).`
+    : "This tenant runs the shared rules only.";
+  $("engine-remove").hidden = !current;
+  const list = $("engine-list");
+  list.replaceChildren();
+  let market = { items: [] };
+  try { market = await api("GET", "/api/v1/marketplace/packs"); } catch (_) { /* no marketplace access */ }
+  for (const item of market.items || []) {
+    if (item.kind !== "policy-component") continue;
+    const li = document.createElement("li");
+    li.dataset.plugin = item.id;
+    li.textContent = `${item.title || item.id} ${item.version}`;
+    const inUse = current && current.plugin === `${item.id}@${item.version}`;
+    if (inUse) {
+      const b = document.createElement("span");
+      b.className = "badge";
+      b.textContent = "in use";
+      li.append(" ", b);
+    } else {
+      const btn = document.createElement("button");
+      btn.className = "use-engine";
+      btn.textContent = "use";
+      btn.addEventListener("click", async () => {
+        try {
+          await api("POST", "/api/v1/marketplace/install", { pack_id: item.id, version: item.version, catalog_id: item.catalog_id });
+          setStatus(`This tenant now runs ${item.id} ${item.version} after the rules.`);
+          await loadEngine();
+        } catch (e) { setStatus(`Could not select ${item.id}: ${e.message}`, true); }
+      });
+      li.append(" ", btn);
+    }
+    list.append(li);
+  }
+}
+
+async function removeEngine() {
+  try {
+    await api("DELETE", "/api/v1/policy/component");
+    setStatus("This tenant runs the shared rules only.");
+    await loadEngine();
+  } catch (e) { setStatus(`Could not remove the component: ${e.message}`, true); }
+}
+
 // ---- try a request --------------------------------------------------------------
 
 async function explain(ev) {
@@ -304,6 +357,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("diff-button").addEventListener("click", diff);
   $("publish-button").addEventListener("click", publish);
   $("try-form").addEventListener("submit", explain);
+  $("engine-remove").addEventListener("click", removeEngine);
   $("editor").addEventListener("input", () => renderGutter(new Set()));
   $("editor").addEventListener("scroll", () => { $("gutter").scrollTop = $("editor").scrollTop; });
   const saved = sessionStorage.getItem("cordum-studio");
