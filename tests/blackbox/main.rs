@@ -10,6 +10,8 @@ mod pack_cli;
 mod packs;
 mod policy_authoring;
 mod policy_components;
+mod policy_hardening;
+mod restart;
 mod studio;
 mod velocity;
 mod workflows;
@@ -343,6 +345,14 @@ fn hostile_components_fail_their_job_and_others_keep_working() {
     assert_eq!(lp["state"], "TIMEOUT", "{lp}");
     assert_eq!(lp["error_code"], "plugin_timeout");
     assert!(lp["error_message"].as_str().unwrap().contains("1000 ms"), "{lp}");
+    // Stopped by its deadline: about 1 s after it started running (a loaded
+    // machine may add a little, never another second or more).
+    let at = |state: &str| -> chrono::DateTime<chrono::Utc> {
+        let h = lp["history"].as_array().unwrap().iter().rev().find(|h| h["state"] == state).unwrap();
+        h["at"].as_str().unwrap().parse().unwrap()
+    };
+    let ran = (at("TIMEOUT") - at("RUNNING")).num_milliseconds();
+    assert!((950..2000).contains(&ran), "the loop ran {ran} ms");
     let oom = &outcomes["oom"];
     assert_eq!(oom["state"], "FAILED", "{oom}");
     assert_eq!(oom["error_code"], "plugin_memory_exceeded", "{oom}");

@@ -92,6 +92,8 @@ fn five_steps_with_fanout_condition_and_gate_run_after_approval() {
     assert_eq!(waiting["steps"]["gate"]["status"], "waiting");
     assert!(waiting["steps"]["final"]["job_id"].is_null(), "nothing after the gate ran: {waiting}");
 
+    // What the timeline says while waiting stays exactly as it was.
+    let while_waiting = timeline(&gw, ACME_ADMIN, &run_id);
     // The gate is an approval like any other, listed with its reason.
     let approvals: Value = gw.get(ACME_ADMIN, None, "/api/v1/approvals").json().unwrap();
     let gate_job = waiting["steps"]["gate"]["job_id"].as_str().unwrap().to_string();
@@ -117,6 +119,8 @@ fn five_steps_with_fanout_condition_and_gate_run_after_approval() {
     }
 
     let events = timeline(&gw, ACME_ADMIN, &run_id);
+    assert!(events.len() > while_waiting.len());
+    assert_eq!(&events[..while_waiting.len()], &while_waiting[..], "the timeline is append-only");
     let kinds = types(&events);
     assert_eq!(kinds.first().map(String::as_str), Some("run_started"));
     assert_eq!(kinds.last().map(String::as_str), Some("run_finished"));
@@ -244,6 +248,17 @@ fn denied_step_fails_the_run_and_a_rerun_reuses_earlier_outputs() {
     // Linked both ways.
     let old = run(&gw, GLOBEX, &run_id);
     assert_eq!(old["reruns"], json!([new_id]));
+    // A rerun of the whole run (no step named) runs every step again.
+    let resp = gw.post(GLOBEX, None, &format!("/api/v1/workflow-runs/{new_id}/rerun"), &json!({}));
+    assert_eq!(resp.status().as_u16(), 200);
+    let whole_id = resp.json::<Value>().unwrap()["run_id"].as_str().unwrap().to_string();
+    let whole = wait_status(&gw, GLOBEX, &whole_id, "succeeded");
+    assert_eq!(whole["rerun_of"], new_id.as_str());
+    let events = timeline(&gw, GLOBEX, &whole_id);
+    assert_eq!(events.iter().filter(|e| e["type"] == "step_reused").count(), 0, "nothing reused");
+    assert_eq!(count(&events, "step_scheduled", "first"), 1);
+    assert_ne!(whole["steps"]["first"]["job_id"], first_job.as_str());
+    assert_eq!(jobs_on(&gw, GLOBEX, "job.hello-pack.echo").len(), 6, "first, aside and third once more");
     // Bad reruns: unknown step (400), unknown run (404), unknown field (400).
     let bad = gw.post(GLOBEX, None, &format!("/api/v1/workflow-runs/{run_id}/rerun"), &json!({"from_step": "nope"}));
     assert!(assert_envelope(bad, 400)["error"].as_str().unwrap().contains("nope"));

@@ -29,6 +29,21 @@ use std::sync::Arc;
 
 /// The system document pack overlays write to.
 pub const SYSTEM_DEFAULT_KEY: &str = "cfg:system:default";
+/// Deepest nesting a document's data may have (the stored document adds
+/// two levels; JSON readers stop at 128).
+pub const MAX_DEPTH: usize = 64;
+/// Largest stored document (after the merge with what was there).
+pub const MAX_DOC_BYTES: usize = 1 << 20;
+/// Attempts of a write whose compare-and-set lost to a concurrent writer.
+const WRITE_ATTEMPTS: usize = 16;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +137,8 @@ pub enum ConfigError {
     Invalid(String),
     #[error("config was changed concurrently (revision {current}); read it again and retry")]
     Conflict { current: u64 },
+    #[error("the config document would be {bytes} bytes; at most {limit}")]
+    TooLarge { bytes: usize, limit: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -236,8 +253,18 @@ impl ConfigService {
                 write.target.scope.as_str()
             )));
         }
+        let nested = write.data.values().map(depth).max().unwrap_or(0) + 1;
+        if nested > MAX_DEPTH {
+            return Err(ConfigError::Invalid(format!("config data nests {nested} levels deep; at most {MAX_DEPTH}")));
+        }
         let key = write.target.key();
-        for _ in 0..3 {
+        let mut current_seen = 0;
+        for attempt in 0..WRITE_ATTEMPTS {
+            if attempt > 0 {
+                // Lost a race: back off a little, with jitter, and redo the merge.
+                let ms = rand::random::<u64>() % (2u64 << attempt.min(5)) + 1;
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             let entry = self.store.get(&key).await?;
             let current_revision = entry.as_ref().map(|e| e.revision).unwrap_or(0);
             if let Some(expected) = write.expected_revision
@@ -278,20 +305,24 @@ impl ConfigService {
             if !meta.is_empty() {
                 doc["meta"] = Value::Object(meta);
             }
-            let op =
-                Op::PutIfRevision { key: key.clone(), value: to_json(&doc), expected: current_revision, ttl: None };
+            let value = to_json(&doc);
+            if value.len() > MAX_DOC_BYTES {
+                return Err(ConfigError::TooLarge { bytes: value.len(), limit: MAX_DOC_BYTES });
+            }
+            let op = Op::PutIfRevision { key: key.clone(), value, expected: current_revision, ttl: None };
             match self.store.apply(vec![op]).await? {
                 BatchOutcome::Applied(_) => {
                     return self.get(&write.target).await?.ok_or(ConfigError::NotFound);
                 }
                 BatchOutcome::Conflict { current, .. } => {
+                    current_seen = current.as_ref().map(|e| e.revision).unwrap_or(0);
                     if write.expected_revision.is_some() {
-                        return Err(ConfigError::Conflict { current: current.map(|e| e.revision).unwrap_or(0) });
+                        return Err(ConfigError::Conflict { current: current_seen });
                     }
                 }
             }
         }
-        Err(ConfigError::Conflict { current: 0 })
+        Err(ConfigError::Conflict { current: current_seen })
     }
 
     /// Merge system → org → team → workflow → step for a tenant.

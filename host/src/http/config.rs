@@ -26,6 +26,9 @@ fn config_error(e: ConfigError) -> ApiError {
         ConfigError::Conflict { current } => {
             ApiError::new(StatusCode::CONFLICT, e.to_string()).code("CONFIG_VERSION_CONFLICT").with("revision", current)
         }
+        e @ ConfigError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).code("CONFIG_TOO_LARGE")
+        }
         ConfigError::Store(e) => ApiError::unavailable(e),
     }
 }
@@ -94,14 +97,22 @@ pub async fn set(
     StrictJson(body): StrictJson<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let wrapped = body.get("scope").and_then(Value::as_str).is_some_and(|s| !s.trim().is_empty());
+    // A body naming `scope` (any value) is the wrapped form; anything else
+    // is data for system/default.
+    let wrapped = body.contains_key("scope");
     let write = if wrapped {
         if let Some(unknown) = body.keys().find(|k| !WRAPPED_KEYS.contains(&k.as_str())) {
             return Err(ApiError::bad_request(format!("invalid json: unknown field `{unknown}`"))
                 .code("invalid_json")
                 .with("field", unknown.clone()));
         }
-        let scope = parse_scope(body["scope"].as_str().unwrap_or_default())?;
+        let scope = match &body["scope"] {
+            Value::Null => Scope::System,
+            Value::String(s) => parse_scope(s)?,
+            _ => {
+                return Err(ApiError::bad_request("scope must be a string").code("invalid_json").with("field", "scope"));
+            }
+        };
         let scope_id = match body.get("scope_id") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),

@@ -97,15 +97,15 @@ pub async fn get(
     query: Result<Query<IdQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    if let Some(rest) = raw.strip_prefix("snapshots") {
-        let rest = rest.trim_start_matches('/');
-        return if rest.is_empty() {
-            history_json(&app).await.map(Json)
-        } else {
-            snapshot_json(&app, rest).await.map(Json)
-        };
+    // Upstream's `bundles/snapshots[/{id}]` (`snapshots` is no bundle id).
+    let trimmed = raw.trim_matches('/');
+    if trimmed == "snapshots" {
+        return history_json(&app).await.map(Json);
     }
-    let id = query.ok().and_then(|q| q.0.bundle_id).unwrap_or_else(|| bundle_id(&raw));
+    if let Some(rest) = trimmed.strip_prefix("snapshots/") {
+        return snapshot_json(&app, rest).await.map(Json);
+    }
+    let id = query.ok().and_then(|q| q.0.bundle_id).unwrap_or_else(|| bundle_id(trimmed));
     let view = app.policy.get_bundle(&id).await.map_err(bundle_error)?;
     Ok(Json(serde_json::to_value(view).unwrap_or_default()))
 }
@@ -114,16 +114,26 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
     content: String,
-    #[serde(default = "yes")]
-    enabled: bool,
+    /// Not given: the bundle keeps its current state (new ones are enabled).
+    #[serde(default)]
+    enabled: Option<bool>,
     #[serde(default)]
     author: String,
     #[serde(default)]
     message: String,
 }
 
-fn yes() -> bool {
-    true
+/// Records name the authenticated caller; an `author` the body claims is
+/// kept in the message, marked as such.
+fn claimed(author: &str, caller: &Caller, message: String) -> String {
+    let author = author.trim();
+    if author.is_empty() || author == caller.actor() {
+        message
+    } else if message.is_empty() {
+        format!("(author: {author})")
+    } else {
+        format!("{message} (author: {author})")
+    }
 }
 
 /// `PUT /api/v1/policy/bundles/{id}`: validate and save a draft.
@@ -135,9 +145,13 @@ pub async fn put(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_operator("the policy")?;
     let id = bundle_id(&raw);
-    let author = if body.author.trim().is_empty() { caller.actor() } else { body.author };
-    let view =
-        app.policy.save_draft(&id, &body.content, body.enabled, &author, &body.message).await.map_err(bundle_error)?;
+    // Who saved it is who authenticated; a claimed `author` goes in the message.
+    let message = claimed(&body.author, &caller, body.message);
+    let view = app
+        .policy
+        .save_draft(&id, &body.content, body.enabled, &caller.actor(), &message)
+        .await
+        .map_err(bundle_error)?;
     Ok(Json(serde_json::to_value(view).unwrap_or_default()))
 }
 
@@ -201,10 +215,12 @@ pub async fn publish(
     JsonOrEmpty(body): JsonOrEmpty<PublishBody>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_operator("the policy")?;
-    let by = if body.author.trim().is_empty() { caller.actor() } else { body.author };
-    let message = if body.message.is_empty() { body.note } else { body.message };
+    let message = claimed(&body.author, &caller, if body.message.is_empty() { body.note } else { body.message });
     let ids: Vec<String> = body.bundle_ids.iter().map(|i| bundle_id(i)).collect();
-    let out = app.policy.publish(&ids, &by, &message).await.map_err(bundle_error)?;
+    for id in &ids {
+        crate::policy::bundles::validate_id(id).map_err(bundle_error)?;
+    }
+    let out = app.policy.publish(&ids, &caller.actor(), &message).await.map_err(bundle_error)?;
     Ok(Json(serde_json::to_value(out).unwrap_or_default()))
 }
 
@@ -229,9 +245,8 @@ pub async fn rollback(
     if body.snapshot_id.trim().is_empty() {
         return Err(ApiError::bad_request("snapshot_id is required").with("field", "snapshot_id"));
     }
-    let by = if body.author.trim().is_empty() { caller.actor() } else { body.author };
-    let message = if body.message.is_empty() { body.note } else { body.message };
-    let out = app.policy.rollback(body.snapshot_id.trim(), &by, &message).await.map_err(bundle_error)?;
+    let message = claimed(&body.author, &caller, if body.message.is_empty() { body.note } else { body.message });
+    let out = app.policy.rollback(body.snapshot_id.trim(), &caller.actor(), &message).await.map_err(bundle_error)?;
     Ok(Json(serde_json::to_value(out).unwrap_or_default()))
 }
 

@@ -161,6 +161,9 @@ pub fn validate_id(id: &str) -> Result<(), BundleError> {
     if id.is_empty() || id.len() > 200 {
         return bad("1 to 200 characters");
     }
+    if id == "snapshots" || id.starts_with("snapshots/") {
+        return bad("`snapshots` is reserved");
+    }
     for seg in id.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
             return bad("empty, `.` or `..` segment");
@@ -256,12 +259,20 @@ impl PolicyService {
         &self,
         id: &str,
         content: &str,
-        enabled: bool,
+        enabled: Option<bool>,
         author: &str,
         message: &str,
     ) -> Result<BundleView, BundleError> {
         validate_id(id)?;
         self.refuse_pack_bundle(id).await?;
+        // Not named: the bundle keeps its state (a new one is enabled).
+        let enabled = match enabled {
+            Some(e) => e,
+            None => match self.get_bundle(id).await {
+                Ok(v) => v.enabled || v.content.is_none(),
+                Err(_) => true,
+            },
+        };
         if content.trim().is_empty() {
             return Err(BundleError::Invalid(vec![Diagnostic {
                 bundle_id: id.to_string(),
@@ -338,7 +349,10 @@ impl PolicyService {
 
     /// Publish the drafts (all, or those named): see the module doc.
     pub async fn publish(&self, only: &[String], by: &str, message: &str) -> Result<Published, BundleError> {
+        let _one_at_a_time = self.publishing.lock().await;
         for _ in 0..5 {
+            // The head first: the compare-and-set then covers everything read after it.
+            let head = self.store().get(HEAD_KEY).await?.map(|h| h.revision).unwrap_or(0);
             let live = self.live_map().await?;
             let drafts = self.drafts().await?;
             let targets: Vec<&(u64, Draft)> =
@@ -350,6 +364,10 @@ impl PolicyService {
             let now = Utc::now();
             let mut published = Vec::new();
             for (rev, draft) in &targets {
+                if let Some(pack) = before.get(&draft.id).and_then(owner) {
+                    // A pack was installed with this id after the draft was saved.
+                    return Err(BundleError::OwnedByPack { id: draft.id.clone(), pack });
+                }
                 published.push(draft.id.clone());
                 ops.push(Op::DeleteIfRevision { key: format!("{DRAFT_PREFIX}{}", draft.id), expected: *rev });
                 match &draft.content {
@@ -371,7 +389,7 @@ impl PolicyService {
                     }
                 }
             }
-            match self.commit(&before, &after, ops, "publish", by, message, None).await? {
+            match self.commit(head, &before, &after, ops, "publish", by, message, None).await? {
                 Some(mut out) => {
                     out.published = published;
                     return Ok(out);
@@ -386,7 +404,9 @@ impl PolicyService {
     /// as installed).
     pub async fn rollback(&self, target: &str, by: &str, message: &str) -> Result<Published, BundleError> {
         let record = self.snapshot(target).await?;
+        let _one_at_a_time = self.publishing.lock().await;
         for _ in 0..5 {
+            let head = self.store().get(HEAD_KEY).await?.map(|h| h.revision).unwrap_or(0);
             let live = self.live_map().await?;
             let before: BTreeMap<String, StoredBundle> =
                 live.iter().map(|(k, (_, b))| (k.clone(), b.clone())).collect();
@@ -420,7 +440,7 @@ impl PolicyService {
                 ops.push(Op::put_json(format!("{BUNDLE_PREFIX}{id}"), &bundle));
                 after.insert(id.to_string(), bundle);
             }
-            if let Some(out) = self.commit(&before, &after, ops, "rollback", by, message, Some(target)).await? {
+            if let Some(out) = self.commit(head, &before, &after, ops, "rollback", by, message, Some(target)).await? {
                 return Ok(out);
             }
         }
@@ -432,6 +452,7 @@ impl PolicyService {
     #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
+        head_revision: u64,
         before: &BTreeMap<String, StoredBundle>,
         after: &BTreeMap<String, StoredBundle>,
         mut ops: Vec<Op>,
@@ -443,13 +464,19 @@ impl PolicyService {
         let old = snapshot_bundles(before);
         let new = snapshot_bundles(after);
         let pairs = |bs: &[SnapshotBundle]| bs.iter().map(|b| (b.id.clone(), b.content.clone())).collect::<Vec<_>>();
-        let old_id = self.active().id.clone();
+        let old_id = self.snapshot_id_of(&pairs(&old));
         let new_id = self.snapshot_id_of(&pairs(&new));
         let changes = diff(&old, &new);
         if new_id == old_id {
             // The policy stays as it is (drafts equal to what is live, or
             // edits of disabled bundles): write them, no new snapshot.
-            if !ops.is_empty() && matches!(self.store().apply(ops).await?, BatchOutcome::Conflict { .. }) {
+            ops.push(Op::PutIfRevision {
+                key: HEAD_KEY.into(),
+                value: to_json(&serde_json::json!({"snapshot_id": new_id, "at": Utc::now()})),
+                expected: head_revision,
+                ttl: None,
+            });
+            if matches!(self.store().apply(ops).await?, BatchOutcome::Conflict { .. }) {
                 return Ok(None);
             }
             return Ok(Some(Published {
@@ -462,11 +489,10 @@ impl PolicyService {
                 rollback_to: rollback_to.map(str::to_string),
             }));
         }
-        let diags = self.check(&self.with_base(pairs(&new)))?;
+        let diags = self.check_loadable(&self.with_base(pairs(&new)))?;
         if !diags.is_empty() {
             return Err(BundleError::Invalid(diags));
         }
-        let head = self.store().get(HEAD_KEY).await?;
         let now = Utc::now();
         ops.extend(self.record_ops(
             &new_id,
@@ -483,7 +509,7 @@ impl PolicyService {
         ops.push(Op::PutIfRevision {
             key: HEAD_KEY.into(),
             value: to_json(&serde_json::json!({"snapshot_id": new_id, "at": now})),
-            expected: head.map(|h| h.revision).unwrap_or(0),
+            expected: head_revision,
             ttl: None,
         });
         match self.store().apply(ops).await? {

@@ -103,6 +103,9 @@ pub struct PolicyService {
     limits: SandboxLimits,
     /// Tenants' own policy components, run after the rules (tighten only).
     tenants: std::sync::OnceLock<Arc<tenant::TenantPolicies>>,
+    /// Serialises publish and rollback within this process (the head
+    /// compare-and-set guards against other replicas).
+    publishing: tokio::sync::Mutex<()>,
     /// Windows of velocity rules (in memory, per process).
     velocity: Arc<VelocityCounters>,
 }
@@ -160,6 +163,7 @@ impl PolicyService {
             warm: WarmPool::new(8),
             limits,
             tenants: std::sync::OnceLock::new(),
+            publishing: tokio::sync::Mutex::new(()),
             velocity: VelocityCounters::new(),
         }
     }
@@ -324,7 +328,45 @@ impl PolicyService {
             bundles.push((id.clone(), content.clone()));
         }
         bundles.sort_by(|a, b| a.0.cmp(&b.0));
-        self.check(&self.with_base(bundles))
+        self.check_loadable(&self.with_base(bundles))
+    }
+
+    /// [`Self::check`], then a trial load of the rule bundles in a fresh
+    /// instance under the policy plugin's limits: a policy that parses but
+    /// cannot be loaded (too big for the memory cap, too slow for the
+    /// deadline) is refused here instead of failing every evaluation later.
+    pub fn check_loadable(&self, bundles: &[(String, String)]) -> Result<Vec<Diagnostic>, PolicyError> {
+        let not_loadable = |why: String| Diagnostic {
+            // The policy as a whole, not one bundle, does not fit.
+            bundle_id: "*".into(),
+            line: 0,
+            column: 0,
+            message: format!("the policy does not load within the policy plugin's limits: {why}"),
+        };
+        let diags = match self.check(bundles) {
+            Ok(diags) => diags,
+            // Even parsing it ran out of memory or time.
+            Err(PolicyError::Plugin(e)) => return Ok(vec![not_loadable(e.to_string())]),
+            Err(e) => return Err(e),
+        };
+        if !diags.is_empty() {
+            return Ok(diags);
+        }
+        let wit_bundles: Vec<wit::Bundle> = bundles
+            .iter()
+            .filter(|(id, c)| component_ref::parse(id, c).is_none())
+            .map(|(id, content)| wit::Bundle { id: id.clone(), content: content.clone() })
+            .collect();
+        let mut instance = self.instantiate("system")?;
+        self.runtime.arm(&mut instance.store, self.limits);
+        match instance.bindings.cordum_policy_evaluator().call_load(&mut instance.store, &wit_bundles) {
+            Ok(Ok(_)) => Ok(Vec::new()),
+            Ok(Err(e)) => match PolicyError::from(e) {
+                PolicyError::InvalidBundle(d) => Ok(d),
+                other => Ok(vec![not_loadable(other.to_string())]),
+            },
+            Err(e) => Ok(vec![not_loadable(self.runtime.classify(&instance.store, self.limits, e).to_string())]),
+        }
     }
 
     /// A fresh instance loaded with the active policy plus `extra` bundles

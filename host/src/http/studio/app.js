@@ -137,7 +137,10 @@ function showProblems(diagnostics) {
   const list = $("problems");
   list.replaceChildren();
   const bad = new Set();
-  for (const d of diagnostics) {
+  for (let d of diagnostics) {
+    // Lines belong to the bundle they name; others are listed without a line.
+    const here = !d.bundle_id || !state.current || d.bundle_id === state.current.id;
+    if (!here) d = { ...d, line: 0, message: `${d.bundle_id}: ${d.message}` };
     const li = document.createElement("li");
     li.className = "problem";
     li.dataset.line = String(d.line);
@@ -197,7 +200,12 @@ function lineDiff(a, b) {
 
 async function diff() {
   if (!state.current) return;
-  const snap = await api("GET", `/api/v1/policy/snapshots/${encodeURIComponent(state.active)}`);
+  let snap;
+  try {
+    snap = await api("GET", `/api/v1/policy/snapshots/${encodeURIComponent(state.active)}`);
+  } catch (e) {
+    return setStatus(`Cannot read the active snapshot: ${e.message}`, true);
+  }
   const live = (snap.bundles || []).find((b) => b.id === state.current.id);
   const before = live ? live.content.split("\n") : [];
   const after = $("editor").value.split("\n");
