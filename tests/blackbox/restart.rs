@@ -89,7 +89,7 @@ fn a_kill_with_jobs_in_every_state_loses_none() {
     let failed = gw.wait_job(ACME, None, &retrying, WAIT);
     assert_eq!(failed["state"], "FAILED", "{failed}");
     assert_eq!(failed["attempts"], 2, "the retry it was waiting for ran: {failed}");
-    let dlq: Value = gw.get(ACME, None, "/api/v1/dlq").json().unwrap();
+    let dlq: Value = gw.get(ACME_ADMIN, None, "/api/v1/dlq").json().unwrap();
     assert!(dlq.to_string().contains(&retrying), "{dlq}");
     // The held job can still be decided, and runs once.
     let resp = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{held}/approve"), &json!({}));

@@ -110,7 +110,9 @@ pub async fn set(
             Value::Null => Scope::System,
             Value::String(s) => parse_scope(s)?,
             _ => {
-                return Err(ApiError::bad_request("scope must be a string").code("invalid_json").with("field", "scope"));
+                return Err(ApiError::bad_request("scope must be a string")
+                    .code("invalid_json")
+                    .with("field", "scope"));
             }
         };
         let scope_id = match body.get("scope_id") {

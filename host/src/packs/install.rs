@@ -474,7 +474,7 @@ fn not_installed(id: &str) -> InstallError {
 }
 
 /// The manifest's `tests.policySimulations`: (name, request, expected decision).
-fn simulations(manifest: &Manifest) -> Result<Vec<(String, PolicyRequest, String)>, String> {
+pub fn simulations(manifest: &Manifest) -> Result<Vec<(String, PolicyRequest, String)>, String> {
     let strings = |v: &serde_json::Value, key: &str| -> Vec<String> {
         v.get(key)
             .and_then(|a| a.as_array())

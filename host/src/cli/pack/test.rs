@@ -20,6 +20,7 @@ use chrono::Utc;
 use clap::Args;
 use cordum::app::{JSON_SCHEMA_WASM, POLICY_RULES_WASM};
 use cordum::packs::InstalledPack;
+use cordum::packs::install::simulations;
 use cordum::packs::manifest::Manifest;
 use cordum::packs::registry::{ComponentRecord, PackRecord, PackSource};
 use cordum::packs::runner::{PackRunner, WorkItem, WorkOutcome};
@@ -431,57 +432,6 @@ fn contains(actual: &Value, wanted: &Value) -> bool {
         (Value::Object(a), Value::Object(w)) => w.iter().all(|(k, v)| a.get(k).is_some_and(|x| contains(x, v))),
         _ => actual == wanted,
     }
-}
-
-/// `tests.policySimulations` as (name, request, expected decision), read the
-/// way the installer reads them.
-fn simulations(manifest: &Manifest) -> Result<Vec<(String, PolicyRequest, String)>, String> {
-    let strings = |v: &Value, key: &str| -> Vec<String> {
-        v.get(key)
-            .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-            .unwrap_or_default()
-    };
-    let text = |v: &Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or("").to_string();
-    let mut out = Vec::new();
-    for (i, sim) in manifest.tests.policy_simulations.iter().enumerate() {
-        let name = sim.get("name").and_then(|n| n.as_str()).map(str::to_string).unwrap_or_else(|| format!("#{i}"));
-        let request = sim.get("request").ok_or_else(|| format!("simulation {name:?} has no request"))?;
-        let expected = text(sim, "expectDecision").to_ascii_uppercase();
-        let expected = match expected.trim_start_matches("DECISION_TYPE_") {
-            "REQUIRE_HUMAN" => "REQUIRE_APPROVAL".to_string(),
-            "" => return Err(format!("simulation {name:?} has no expectDecision")),
-            other => other.to_string(),
-        };
-        if !matches!(expected.as_str(), "ALLOW" | "DENY" | "REQUIRE_APPROVAL" | "THROTTLE" | "ALLOW_WITH_CONSTRAINTS") {
-            return Err(format!("simulation {name:?}: unknown expectDecision {expected:?}"));
-        }
-        let labels = request
-            .get("labels")
-            .and_then(|l| l.as_object())
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
-            .unwrap_or_default();
-        let tenant = text(request, "tenantId");
-        let pack_id = text(request, "packId");
-        out.push((
-            name,
-            PolicyRequest {
-                job_id: format!("simulation-{i}"),
-                topic: text(request, "topic"),
-                tenant: if tenant.is_empty() { "default".into() } else { tenant },
-                principal_id: text(request, "principalId"),
-                actor_id: text(request, "actorId"),
-                actor_type: text(request, "actorType"),
-                capability: text(request, "capability"),
-                risk_tags: strings(request, "riskTags"),
-                requires: strings(request, "requires"),
-                pack_id: if pack_id.is_empty() { manifest.metadata.id.clone() } else { pack_id },
-                labels,
-            },
-            expected,
-        ));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
