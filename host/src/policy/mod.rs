@@ -517,11 +517,12 @@ impl PolicyService {
         let decision = PolicyDecision::from_wit(decision, &snapshot.id);
         let decision = self.apply_components(tenant, &snapshot, request, decision, mode, None);
         Ok(match self.tenants.get() {
-            Some(tenants) => {
+            // Only tenants with a component of their own pay for the copy of the rules.
+            Some(tenants) if tenants.has(tenant) => {
                 let bundles = snapshot.bundles_with_base(self.base.as_ref());
                 tenants.tighten(tenant, (&snapshot.id, &bundles), request, decision, (&self.velocity, mode))
             }
-            None => decision,
+            _ => decision,
         })
     }
 

@@ -161,6 +161,11 @@ impl TenantPolicies {
         out
     }
 
+    /// Does `tenant` run a component of its own?
+    pub fn has(&self, tenant: &str) -> bool {
+        self.active.read().contains_key(tenant)
+    }
+
     pub fn get(&self, tenant: &str) -> Option<TenantComponentRecord> {
         self.active.read().get(tenant).map(|a| a.record.clone())
     }

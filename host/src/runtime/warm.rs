@@ -26,7 +26,11 @@ impl<T> WarmPool<T> {
     /// Return a healthy instance.
     pub fn give_back(&self, key: &str, item: T) {
         let mut idle = self.idle.lock();
-        let list = idle.entry(key.to_string()).or_default();
+        // The key exists after the first call: no allocation on the hot path.
+        if !idle.contains_key(key) {
+            idle.insert(key.to_string(), Vec::new());
+        }
+        let Some(list) = idle.get_mut(key) else { return };
         if list.len() < self.max_idle_per_key {
             list.push(item);
         }
