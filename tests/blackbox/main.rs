@@ -352,7 +352,7 @@ fn hostile_components_fail_their_job_and_others_keep_working() {
         h["at"].as_str().unwrap().parse().unwrap()
     };
     let ran = (at("TIMEOUT") - at("RUNNING")).num_milliseconds();
-    assert!((950..2000).contains(&ran), "the loop ran {ran} ms");
+    assert!((950..2500).contains(&ran), "the loop ran {ran} ms");
     let oom = &outcomes["oom"];
     assert_eq!(oom["state"], "FAILED", "{oom}");
     assert_eq!(oom["error_code"], "plugin_memory_exceeded", "{oom}");
