@@ -109,6 +109,21 @@ fn publish_denies_at_once_and_rollback_restores() {
     let history = json_of(gw.get(ADMIN, None, "/api/v1/policy/snapshots"));
     assert_eq!(history["items"][0]["action"], "rollback");
     assert_eq!(history["items"][0]["rollback_to"], before.as_str());
+    // The history pages with `limit` and `cursor`, newest first, nothing lost.
+    let full = json_of(gw.get(ADMIN, None, "/api/v1/policy/snapshots"))["items"].as_array().unwrap().clone();
+    assert!(full.len() >= 3);
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = json_of(gw.get(ADMIN, None, &format!("/api/v1/policy/snapshots?limit=1&cursor={cursor}")));
+        paged.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, full);
+    assert_envelope(gw.get(ADMIN, None, "/api/v1/policy/snapshots?limt=1"), 400);
     assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/rollback", &json!({"snapshot_id": "cfg:nope"})), 404);
     assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/rollback", &json!({"snapshot": "x"})), 400);
 }

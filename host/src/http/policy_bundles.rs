@@ -100,7 +100,7 @@ pub async fn get(
     // Upstream's `bundles/snapshots[/{id}]` (`snapshots` is no bundle id).
     let trimmed = raw.trim_matches('/');
     if trimmed == "snapshots" {
-        return history_json(&app).await.map(Json);
+        return history_json(&app, HistoryQuery::default()).await.map(Json);
     }
     if let Some(rest) = trimmed.strip_prefix("snapshots/") {
         return snapshot_json(&app, rest).await.map(Json);
@@ -250,15 +250,29 @@ pub async fn rollback(
     Ok(Json(serde_json::to_value(out).unwrap_or_default()))
 }
 
-async fn history_json(app: &App) -> Result<Value, ApiError> {
-    let items = app.policy.history(100).await.map_err(bundle_error)?;
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn history_json(app: &App, query: HistoryQuery) -> Result<Value, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let (items, next) = app
+        .policy
+        .history_page(query.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+        .await
+        .map_err(bundle_error)?;
     let mut ids: Vec<String> = Vec::new();
     for h in &items {
         if !ids.contains(&h.snapshot_id) {
             ids.push(h.snapshot_id.clone());
         }
     }
-    Ok(json!({"items": items, "active": app.policy.active().id, "snapshots": ids}))
+    Ok(json!({"items": items, "active": app.policy.active().id, "snapshots": ids, "next_cursor": next}))
 }
 
 async fn snapshot_json(app: &App, id: &str) -> Result<Value, ApiError> {
@@ -267,9 +281,14 @@ async fn snapshot_json(app: &App, id: &str) -> Result<Value, ApiError> {
 }
 
 /// `GET /api/v1/policy/snapshots`: the history, newest first.
-pub async fn snapshots(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn snapshots(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    history_json(&app).await.map(Json)
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    history_json(&app, query).await.map(Json)
 }
 
 /// `GET /api/v1/policy/snapshots/{id}`: one immutable snapshot.

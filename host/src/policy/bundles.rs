@@ -628,8 +628,26 @@ impl PolicyService {
 
     /// History, newest first.
     pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, BundleError> {
-        let page = self.store().scan(HISTORY_PREFIX, None, limit).await?;
-        page.into_iter().map(|(_, e)| e.json::<HistoryEntry>().map_err(BundleError::from)).collect()
+        Ok(self.history_page(None, limit).await?.0)
+    }
+
+    /// One page of the history, newest first, strictly older than `cursor`
+    /// (a page's `next` cursor); `next` is set when older entries follow.
+    pub async fn history_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, Option<String>), BundleError> {
+        let after = cursor.map(|c| format!("{HISTORY_PREFIX}{c}"));
+        let mut page = self.store().scan(HISTORY_PREFIX, after.as_deref(), limit + 1).await?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more { page.last().map(|(k, _)| k[HISTORY_PREFIX.len()..].to_string()) } else { None };
+        let items = page
+            .into_iter()
+            .map(|(_, e)| e.json::<HistoryEntry>().map_err(BundleError::from))
+            .collect::<Result<_, _>>()?;
+        Ok((items, next))
     }
 }
 
