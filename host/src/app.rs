@@ -53,6 +53,7 @@ pub struct App {
     pub pools: Arc<PoolManager>,
     pub started: Instant,
     pub max_body_bytes: usize,
+    pub limiter: crate::auth::rate_limit::RateLimiter,
 }
 
 /// What the operator must see once.
@@ -216,6 +217,7 @@ impl App {
             pools,
             started: Instant::now(),
             max_body_bytes: args.max_body_bytes,
+            limiter: crate::auth::rate_limit::RateLimiter::new(args.rate_limit_rps, args.rate_limit_burst),
         });
         let generated_key = match bootstrap {
             Bootstrap::Generated(k) => Some(k),

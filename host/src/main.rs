@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (embedded store and in-process bus by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Pack author tools: new, build, test, keygen, sign, verify, publish, install.
     Pack(cli::pack::PackArgs),
 }
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Pack(args) => runtime.block_on(cli::pack::run(args)),
     }
 }

@@ -45,6 +45,13 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "GATEWAY_MAX_JSON_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Requests per second allowed per (tenant, API key) on protected
+    /// routes, after authentication; 0 turns the limit off.
+    #[arg(long, env = "API_RATE_LIMIT_RPS", default_value_t = 500)]
+    pub rate_limit_rps: u32,
+    /// Requests a (tenant, API key) may send at once before the rate applies.
+    #[arg(long, env = "API_RATE_LIMIT_BURST", default_value_t = 1000)]
+    pub rate_limit_burst: u32,
     /// Connections served at once (more wait in the accept queue).
     #[arg(long, env = "CORDUM_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,

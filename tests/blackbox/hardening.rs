@@ -149,3 +149,29 @@ fn odd_input_gets_precise_errors() {
     let mode = std::fs::metadata(&gw.data_dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn rate_limits_apply_per_tenant_and_key_after_authentication() {
+    let mut env = keys_env();
+    env.push(("API_RATE_LIMIT_RPS".into(), "2".into()));
+    env.push(("API_RATE_LIMIT_BURST".into(), "5".into()));
+    let gw = Gateway::start(Options { env, ..Default::default() });
+    // Failed logins do not spend acme's budget.
+    for _ in 0..20 {
+        assert_envelope(gw.get("wrong-key-0123456789", None, "/api/v1/status"), 401);
+    }
+    let statuses: Vec<u16> = (0..8).map(|_| gw.get(ACME, None, "/api/v1/jobs").status().as_u16()).collect();
+    assert_eq!(&statuses[..5], &[200; 5], "the burst: {statuses:?}");
+    let limited = gw.get(ACME, None, "/api/v1/jobs");
+    assert!(limited.headers().get("retry-after").is_some());
+    let env = assert_envelope(limited, 429);
+    assert_eq!(env["code"], "rate_limited");
+    // Another tenant's key, and /health, are not affected.
+    assert_eq!(gw.get(super::GLOBEX, None, "/api/v1/jobs").status().as_u16(), 200);
+    for _ in 0..20 {
+        assert_eq!(gw.client.get(gw.url("/health")).send().unwrap().status().as_u16(), 200);
+    }
+    // The rate refills it.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(gw.get(ACME, None, "/api/v1/jobs").status().as_u16(), 200);
+}

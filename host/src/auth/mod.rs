@@ -6,6 +6,7 @@
 //! at start and held in memory only.
 
 pub mod keys;
+pub mod rate_limit;
 
 use serde::{Deserialize, Serialize};
 

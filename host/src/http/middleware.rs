@@ -106,6 +106,13 @@ pub async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: N
         Ok(t) => t,
         Err(e) => return auth_error(e).into_response(),
     };
+    // Authenticated first, so the budget is the caller's own (per tenant
+    // and key), never spent by someone failing to log in.
+    if let Err(wait) = app.limiter.check(&format!("{tenant}\u{1f}{}", auth.key_id)) {
+        let mut err = ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate limited").code("rate_limited");
+        err.retry_after = Some(wait.as_secs().max(1));
+        return err.into_response();
+    }
     req.extensions_mut().insert(Caller { auth, tenant });
     next.run(req).await
 }
