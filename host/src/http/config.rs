@@ -148,7 +148,7 @@ pub async fn set(
         }
     };
     if write.target.scope == Scope::System {
-        caller.require_operator("system config")?;
+        caller.require_operator("system config is shared by every tenant; only an operator key may change it")?;
     }
     app.config.set(write).await.map_err(config_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -112,14 +112,11 @@ impl Caller {
 
 impl Caller {
     /// Routes that change something every tenant shares: an admin key not
-    /// bound to one tenant (an operator). `what` names the shared thing.
-    pub fn require_operator(&self, what: &str) -> Result<(), ApiError> {
+    /// bound to one tenant (an operator). `refusal` says what is shared.
+    pub fn require_operator(&self, refusal: &str) -> Result<(), ApiError> {
         self.require_admin()?;
         if !self.auth.allow_cross_tenant {
-            return Err(ApiError::forbidden(format!(
-                "{what} is shared by every tenant; only an operator key may change it"
-            ))
-            .code("operator_required"));
+            return Err(ApiError::forbidden(refusal).code("operator_required"));
         }
         Ok(())
     }

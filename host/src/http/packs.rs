@@ -51,12 +51,7 @@ fn who(caller: &Caller) -> String {
 /// Packs are installed for the whole gateway: only operator keys (admins
 /// not bound to one tenant) change them.
 fn require_operator(caller: &Caller) -> Result<(), ApiError> {
-    caller.require_admin()?;
-    if !caller.auth.allow_cross_tenant {
-        return Err(ApiError::forbidden("packs are shared by every tenant; only an operator key may change them")
-            .code("operator_required"));
-    }
-    Ok(())
+    caller.require_operator("packs are shared by every tenant; only an operator key may change them")
 }
 
 pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {

@@ -332,7 +332,7 @@ pub async fn register_shared_component(
     query: Result<axum::extract::Query<SharedComponentQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_operator("the policy")?;
+    caller.require_operator(super::policy_bundles::POLICY_IS_SHARED)?;
     let axum::extract::Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let bundles = app.policy.active_bundles();
     let record = tenant_policies(&app)?

@@ -22,6 +22,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+/// Why a tenant-bound key may not change the policy.
+pub(super) const POLICY_IS_SHARED: &str = "the policy is shared by every tenant; only an operator key may change it";
+
 /// 400 with every diagnostic (bundle, line, column, message).
 pub fn invalid_bundle(diags: Vec<Diagnostic>) -> ApiError {
     let first = diags
@@ -143,7 +146,7 @@ pub async fn put(
     Path(raw): Path<String>,
     StrictJson(body): StrictJson<PutBody>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_operator("the policy")?;
+    caller.require_operator(POLICY_IS_SHARED)?;
     let id = bundle_id(&raw);
     // Who saved it is who authenticated; a claimed `author` goes in the message.
     let message = claimed(&body.author, &caller, body.message);
@@ -160,7 +163,7 @@ pub async fn delete(
     caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_operator("the policy")?;
+    caller.require_operator(POLICY_IS_SHARED)?;
     app.policy.delete_bundle(&bundle_id(&raw), &caller.actor()).await.map_err(bundle_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -214,7 +217,7 @@ pub async fn publish(
     caller: Caller,
     JsonOrEmpty(body): JsonOrEmpty<PublishBody>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_operator("the policy")?;
+    caller.require_operator(POLICY_IS_SHARED)?;
     let message = claimed(&body.author, &caller, if body.message.is_empty() { body.note } else { body.message });
     let ids: Vec<String> = body.bundle_ids.iter().map(|i| bundle_id(i)).collect();
     for id in &ids {
@@ -241,7 +244,7 @@ pub async fn rollback(
     caller: Caller,
     StrictJson(body): StrictJson<RollbackBody>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_operator("the policy")?;
+    caller.require_operator(POLICY_IS_SHARED)?;
     if body.snapshot_id.trim().is_empty() {
         return Err(ApiError::bad_request("snapshot_id is required").with("field", "snapshot_id"));
     }

@@ -34,12 +34,7 @@ fn schema_error(e: SchemaError) -> ApiError {
 }
 
 fn require_operator(caller: &Caller) -> Result<(), ApiError> {
-    caller.require_admin()?;
-    if !caller.auth.allow_cross_tenant {
-        return Err(ApiError::forbidden("schemas are shared by every tenant; only an operator key may change them")
-            .code("operator_required"));
-    }
-    Ok(())
+    caller.require_operator("schemas are shared by every tenant; only an operator key may change them")
 }
 
 pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<Value> {
