@@ -79,7 +79,25 @@ fn main() {
     println!("cargo:rustc-env=CORDUM_GUEST_WASM_DIR={}", release.display());
 }
 
+/// A toolchain installed before `rust-toolchain.toml` named the target
+/// lacks it (rustup adds listed targets only when it installs a toolchain),
+/// so add it here rather than fail a fresh clone's first build.
+fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
+    let Some(sysroot) = sysroot.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()) else { return };
+    if Path::new(&sysroot).join("lib/rustlib/wasm32-wasip2").is_dir() {
+        return;
+    }
+    println!("cargo:warning=adding the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+    let added = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    if !matches!(added, Ok(s) if s.success()) {
+        println!("cargo:warning=could not add wasm32-wasip2; run `rustup target add wasm32-wasip2`");
+    }
+}
+
 fn build_guests(root: &Path, target_dir: &Path) {
+    ensure_wasm_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])

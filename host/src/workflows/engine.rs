@@ -323,17 +323,13 @@ fn observe_slot(slot: &mut Slot, label: &str, retry: Option<&RetrySpec>, input: 
 }
 
 /// Start the next attempt of a worker or approval slot with `input`.
-fn start_attempt(
-    slot: &mut Slot,
-    job_id: String,
-    label: &str,
-    input: Value,
-    now: DateTime<Utc>,
-    log: &mut Log,
-    kind: StepKind,
-) {
+///
+/// The slot runs until its job is seen: an approval gate (or a worker job
+/// the policy holds) only turns `waiting` once its job is on the store and
+/// held, so a run that reads `waiting` always has an approval to act on.
+fn start_attempt(slot: &mut Slot, job_id: String, label: &str, input: Value, now: DateTime<Utc>, log: &mut Log) {
     slot.attempts += 1;
-    slot.status = if kind == StepKind::Approval { StepStatus::Waiting } else { StepStatus::Running };
+    slot.status = StepStatus::Running;
     slot.started_at.get_or_insert(now);
     slot.next_attempt_at = None;
     slot.dispatched = false;
@@ -465,7 +461,7 @@ fn schedule_step(run: &mut WorkflowRun, id: &str, step: &StepDef, input: &PassIn
         let sr = run.steps.get_mut(id).expect("step exists");
         let again = sr.slot.input.clone().unwrap_or(Value::Null);
         let job_id = job_id_for(&run.id, id, None, sr.slot.attempts + 1);
-        start_attempt(&mut sr.slot, job_id, id, again, now, log, kind);
+        start_attempt(&mut sr.slot, job_id, id, again, now, log);
         return true;
     }
     // Dependencies: all finished, none failed.
@@ -571,7 +567,7 @@ fn schedule_step(run: &mut WorkflowRun, id: &str, step: &StepDef, input: &PassIn
             let job_id = job_id_for(&run.id, id, None, 1);
             let sr = run.steps.get_mut(id).expect("step exists");
             match context {
-                Ok(ctx) => start_attempt(&mut sr.slot, job_id, id, ctx, now, log, kind),
+                Ok(ctx) => start_attempt(&mut sr.slot, job_id, id, ctx, now, log),
                 Err(e) => fail_slot(&mut sr.slot, id, failure(e, "template_error"), now, log),
             }
         }
@@ -626,7 +622,7 @@ fn schedule_step(run: &mut WorkflowRun, id: &str, step: &StepDef, input: &PassIn
                 let job_id = job_id_for(&run.id, id, None, 1);
                 let sr = run.steps.get_mut(id).expect("step exists");
                 match rendered {
-                    Ok(value) => start_attempt(&mut sr.slot, job_id, id, value, now, log, kind),
+                    Ok(value) => start_attempt(&mut sr.slot, job_id, id, value, now, log),
                     Err(e) => fail_slot(&mut sr.slot, id, e, now, log),
                 }
             }
@@ -694,7 +690,7 @@ fn advance_fanout(run: &mut WorkflowRun, id: &str, step: &StepDef, input: &PassI
         let label = format!("{id}~{index}");
         let slot = &mut run.steps.get_mut(id).expect("step exists").children[index].slot;
         match value {
-            Ok(value) => start_attempt(slot, job_id, &label, value, now, log, StepKind::Worker),
+            Ok(value) => start_attempt(slot, job_id, &label, value, now, log),
             Err(e) => fail_slot(slot, &label, e, now, log),
         }
         free -= 1;
@@ -1090,4 +1086,28 @@ impl RunGuard for Engine {
 /// rerun, the kept steps as they were.
 pub fn fresh_steps(run_steps: &BTreeMap<String, StepDef>) -> BTreeMap<String, StepRun> {
     run_steps.keys().map(|id| (id.clone(), StepRun { step_id: id.clone(), ..Default::default() })).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> Log {
+        Log { run_id: "r".into(), workflow_id: "w".into(), seq: 0, now: Utc::now(), events: Vec::new() }
+    }
+
+    /// Regression: an approval slot used to read `waiting` (and so its run)
+    /// before its gate job existed, so a client that saw the run waiting
+    /// could find no approval to act on.
+    #[test]
+    fn a_scheduled_slot_is_running_until_its_job_is_seen_held() {
+        let mut slot = Slot::default();
+        let mut log = log();
+        start_attempt(&mut slot, "r:gate@1".into(), "gate", json!({}), Utc::now(), &mut log);
+        assert_eq!(slot.status, StepStatus::Running);
+        assert_eq!(slot.job_id.as_deref(), Some("r:gate@1"));
+        assert!(!slot.held);
+        assert_eq!(log.events.len(), 1);
+        assert_eq!(log.events[0].kind, "step_scheduled");
+    }
 }
