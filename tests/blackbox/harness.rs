@@ -153,6 +153,19 @@ impl Gateway {
         (status, resp.json().unwrap_or(Value::Null))
     }
 
+    /// Poll a job until it is in `state` (or panic after `limit`).
+    pub fn wait_state(&self, key: &str, id: &str, state: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let job: Value = self.get(key, None, &format!("/api/v1/jobs/{id}")).json().unwrap();
+            if job["state"] == state {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} never reached {state}: {job}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Poll a job until it is terminal (or panic after `limit`).
     pub fn wait_job(&self, key: &str, tenant: Option<&str>, id: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;

@@ -21,18 +21,6 @@ fn history_at(job: &Value, state: &str) -> Vec<DateTime<Utc>> {
     job["history"].as_array().unwrap().iter().filter(|h| h["state"] == state).map(|h| ts(&h["at"])).collect()
 }
 
-fn wait_state(gw: &Gateway, key: &str, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let job: Value = gw.get(key, None, &format!("/api/v1/jobs/{id}")).json().unwrap();
-        if job["state"] == state {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job never reached {state}: {job}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn cancel_interrupts_a_looping_component_and_the_pool_goes_on() {
     let gw = Gateway::start(Options {
@@ -42,7 +30,7 @@ fn cancel_interrupts_a_looping_component_and_the_pool_goes_on() {
     });
     let (_, body) = gw.submit(ADMIN, None, json!({"topic": "job.hostile-pack.loop", "input": {}}));
     let id = body["job_id"].as_str().unwrap().to_string();
-    wait_state(&gw, ADMIN, &id, "RUNNING");
+    gw.wait_state(ADMIN, &id, "RUNNING", WAIT);
     // With one slot, this job queues behind the loop; cancelling it means it never runs.
     let (_, queued) = gw.submit(ADMIN, None, json!({"topic": "job.hostile-pack.echo", "input": {"q": 1}}));
     let queued = queued["job_id"].as_str().unwrap().to_string();
@@ -440,7 +428,7 @@ fn draining_a_pool_starts_nothing_new_and_finishes_in_flight_jobs() {
         })
         .collect();
     for id in &busy {
-        wait_state(&gw, ADMIN, id, "RUNNING");
+        gw.wait_state(ADMIN, id, "RUNNING", WAIT);
     }
     let resp = gw.post(ADMIN, None, "/api/v1/pools/hostile-pack/drain", &json!({}));
     assert_eq!(resp.status().as_u16(), 200);

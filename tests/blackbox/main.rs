@@ -527,7 +527,7 @@ fn jobs_in_flight_survive_a_kill() {
     // A slow job (the loop runs into its 1 s deadline) is in flight when the gateway dies.
     let (_, body) = gw.submit(ADMIN, None, json!({"topic": "job.hostile-pack.loop", "input": {}}));
     let id = body["job_id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(200));
+    gw.wait_state(ADMIN, &id, "RUNNING", WAIT);
     gw.restart(keys_env());
     let job = gw.wait_job(ADMIN, None, &id, WAIT);
     assert_eq!(job["state"], "TIMEOUT", "{job}");

@@ -5,7 +5,6 @@
 use super::harness::{Gateway, Options};
 use super::{ACME, ACME_ADMIN, GLOBEX, WAIT, keys_env};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
 
 const POLICY: &str = r#"
 version: "restart-1"
@@ -36,18 +35,6 @@ fn state(gw: &Gateway, key: &str, id: &str) -> Value {
     gw.get(key, None, &format!("/api/v1/jobs/{id}")).json().unwrap()
 }
 
-fn wait_for(gw: &Gateway, key: &str, id: &str, wanted: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let job = state(gw, key, id);
-        if job["state"] == wanted {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {wanted}: {job}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn submit(gw: &Gateway, key: &str, topic: &str) -> String {
     let (status, body) = gw.submit(key, None, json!({"topic": topic, "input": {}}));
     assert_eq!(status, 200, "{body}");
@@ -60,12 +47,12 @@ fn a_kill_with_jobs_in_every_state_loses_none() {
         Gateway::start(Options { env: env(), hostile_pack: true, policy: Some(POLICY.into()), ..Default::default() });
     // Waiting for its retry (2.5 s away).
     let retrying = submit(&gw, ACME, "job.hostile-pack.fail");
-    wait_for(&gw, ACME, &retrying, "RETRYING");
+    gw.wait_state(ACME, &retrying, "RETRYING", WAIT);
     // Running: both slots of the pack's pool (acme may hold one of two).
     let loop_a = submit(&gw, ACME, "job.hostile-pack.loop");
     let loop_g = submit(&gw, GLOBEX, "job.hostile-pack.loop");
-    wait_for(&gw, ACME, &loop_a, "RUNNING");
-    wait_for(&gw, GLOBEX, &loop_g, "RUNNING");
+    gw.wait_state(ACME, &loop_a, "RUNNING", WAIT);
+    gw.wait_state(GLOBEX, &loop_g, "RUNNING", WAIT);
     // Queued behind them.
     let queued = submit(&gw, ACME, "job.hostile-pack.echo");
     let q = state(&gw, ACME, &queued);
