@@ -311,6 +311,73 @@ fn approvals_decide_once_under_races_and_recheck_the_policy() {
     assert_envelope(gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{held2}/repair"), &json!({})), 409);
 }
 
+/// Regression: a repair racing an approve on one held job used to let both
+/// succeed, so the job ran and its replacement was held to run again.
+#[test]
+fn approve_and_repair_racing_on_one_held_job_let_exactly_one_act() {
+    let gw = Gateway::start(Options {
+        env: keys_env(),
+        hostile_pack: true,
+        policy: Some(APPROVAL_POLICY.into()),
+        ..Default::default()
+    });
+    for round in 0..8 {
+        let (_, held) = gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"v": round}}));
+        let id = held["job_id"].as_str().unwrap().to_string();
+        let (approve, repair) = std::thread::scope(|s| {
+            let approve = s.spawn(|| {
+                let r = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{id}/approve"), &json!({}));
+                (r.status().as_u16(), r.json::<Value>().unwrap())
+            });
+            let repair = s.spawn(|| {
+                let body = json!({"input": {"v": "fixed"}});
+                let r = gw.post(ADMIN, Some("acme"), &format!("/api/v1/approvals/{id}/repair"), &body);
+                (r.status().as_u16(), r.json::<Value>().unwrap())
+            });
+            (approve.join().unwrap(), repair.join().unwrap())
+        });
+        let oks = [approve.0, repair.0].iter().filter(|s| **s == 200).count();
+        assert_eq!(oks, 1, "round {round}: exactly one acts: approve {approve:?}, repair {repair:?}");
+        let job = gw.wait_job(ACME_ADMIN, None, &id, WAIT);
+        if approve.0 == 200 {
+            assert_eq!(repair.0, 409, "{repair:?}");
+            assert_eq!(job["state"], "SUCCEEDED", "{job}");
+            assert!(job["links"]["repaired_as"].is_null(), "{job}");
+        } else {
+            assert_eq!(approve.0, 409, "{approve:?}");
+            assert_eq!(job["state"], "CANCELLED", "{job}");
+            assert_eq!(job["links"]["repaired_as"], repair.1["job_id"], "{job}");
+            assert_eq!(job["attempts"], 0, "the original never ran");
+        }
+    }
+    // Parallel repairs of one job: one replacement; the others are told so.
+    let (_, held) = gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"v": "many"}}));
+    let id = held["job_id"].as_str().unwrap().to_string();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{id}/repair"), &json!({}));
+                    (r.status().as_u16(), r.json::<Value>().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 200).count(), 1, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 409, "{body}");
+        assert_eq!(body["code"], "already_repaired", "{body}");
+    }
+    let repairs = gw.get(ACME_ADMIN, None, "/api/v1/jobs?limit=500").json::<Value>().unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["labels"]["repair_of"] == id.as_str())
+        .count();
+    assert_eq!(repairs, 1, "one replacement job");
+}
+
 #[test]
 fn approval_rechecks_the_current_policy_before_dispatch() {
     let mut gw = Gateway::start(Options {

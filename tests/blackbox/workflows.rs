@@ -561,4 +561,10 @@ fn a_failing_step_is_retried_with_backoff_then_fails_the_run() {
     let first_wait = next(retries[0]) - at(retries[0]);
     let second_wait = next(retries[1]) - at(retries[1]);
     assert!(second_wait > first_wait, "backoff grows: {first_wait} then {second_wait}");
+    // The run owns its steps' failures: none is dead-lettered (a DLQ retry
+    // would run the step outside its run); the rerun is the retry.
+    let dlq: Value = gw.get(ADMIN, None, "/api/v1/dlq").json().unwrap();
+    assert!(!dlq.to_string().contains(&run_id), "no step job in the DLQ: {dlq}");
+    let failed_job = done["steps"]["try"]["job_id"].as_str().unwrap();
+    assert_envelope(gw.post(ADMIN, None, &format!("/api/v1/dlq/{failed_job}/retry"), &json!({})), 404);
 }

@@ -7,9 +7,9 @@
 //! submitted a job cannot approve it. Before dispatch the current policy is
 //! checked again: if it now denies, the job is not dispatched.
 
-use super::lifecycle::{JobPage, outcome_job_id, resubmission};
+use super::lifecycle::{JobPage, resubmission};
 use super::model::{ApprovalRecord, JobFailure, JobLinks, JobRecord, JobState};
-use super::repo::{approval_prefix, workflow_run_of};
+use super::repo::{JobRepo, RepoError, approval_prefix, workflow_run_of};
 use super::steps::is_gate;
 use super::submit::{JobError, JobService, SubmitExtras, SubmitOutcome};
 use crate::auth::AuthContext;
@@ -139,9 +139,9 @@ impl JobService {
         if is_submitter(caller, &job) {
             return Err(JobError::Forbidden("self-approval not permitted"));
         }
-        self.check_run_open(&job).await?;
+        self.run_open_guard(&job).await?;
         if is_gate(&job) {
-            return self.open_gate(caller, id, reason, note).await;
+            return self.open_gate(caller, &job, reason, note).await;
         }
         // The policy may have changed since the job was held. A dry run:
         // the submit already counted this job against velocity rules.
@@ -158,8 +158,7 @@ impl JobService {
                 current.reason
             );
             let (_, changed) = self
-                .repo
-                .update(id, |j| {
+                .decide(&job, |j| {
                     j.state == JobState::ApprovalRequired && {
                         j.approval = Some(record.clone());
                         j.error = Some(JobFailure { code: "approval_policy_denied".into(), message: why.clone() });
@@ -178,8 +177,7 @@ impl JobService {
         }
         let record = self.approval_record(caller, "approved", reason, note, &current.policy_snapshot);
         let (job, changed) = self
-            .repo
-            .update(id, |j| {
+            .decide(&job, |j| {
                 j.state == JobState::ApprovalRequired && {
                     j.approval = Some(record.clone());
                     j.labels.insert("approval_granted".into(), "true".into());
@@ -212,13 +210,12 @@ impl JobService {
         if job.state != JobState::ApprovalRequired {
             return Err(not_awaiting(&job));
         }
-        self.check_run_open(&job).await?;
+        self.run_open_guard(&job).await?;
         let snapshot = self.policy.active().id.clone();
         let record = self.approval_record(caller, "rejected", reason, note, &snapshot);
         let message = if reason.trim().is_empty() { "rejected by approver".to_string() } else { reason.to_string() };
         let (job, changed) = self
-            .repo
-            .update(id, |j| {
+            .decide(&job, |j| {
                 j.state == JobState::ApprovalRequired && {
                     j.approval = Some(record.clone());
                     j.error = Some(JobFailure { code: "approval_rejected".into(), message: message.clone() });
@@ -243,15 +240,15 @@ impl JobService {
     async fn open_gate(
         &self,
         caller: &AuthContext,
-        id: &str,
+        job: &JobRecord,
         reason: &str,
         note: &str,
     ) -> Result<ApprovalOutcome, JobError> {
+        let id = job.id.as_str();
         let record = self.approval_record(caller, "approved", reason, note, &self.policy.active().id);
         let result = serde_json::json!({"approved": true, "by": record.by, "reason": record.reason});
         let (job, changed) = self
-            .repo
-            .update(id, |j| {
+            .decide(job, |j| {
                 j.state == JobState::ApprovalRequired && {
                     j.approval = Some(record.clone());
                     j.result = Some(result.clone());
@@ -263,6 +260,24 @@ impl JobService {
             return self.approve_after_race(id).await;
         }
         Ok(ApprovalOutcome::Approved { job_id: job.id, trace_id: job.trace_id })
+    }
+
+    /// Record a decision on a held job: a compare-and-set on the job, applied
+    /// together with "its workflow run is still as read" so that a decision
+    /// never lands after the run ended (a run that changed is read again,
+    /// and one that ended refuses the decision).
+    async fn decide<F>(&self, job: &JobRecord, mut change: F) -> Result<(JobRecord, bool), JobError>
+    where
+        F: FnMut(&mut JobRecord) -> bool,
+    {
+        for _ in 0..32 {
+            let guard = self.run_open_guard(job).await?;
+            match self.repo.update_with(&job.id, &mut change, |_| guard.clone()).await {
+                Err(RepoError::GuardChanged(_)) => continue,
+                other => return other.map_err(JobError::from),
+            }
+        }
+        Err(RepoError::Contended(job.id.clone()).into())
     }
 
     /// The outcome an earlier decision recorded, if any.
@@ -312,56 +327,78 @@ impl JobService {
         input: Option<serde_json::Value>,
         note: &str,
     ) -> Result<SubmitOutcome, JobError> {
-        let job = self.get(tenant, id).await?;
-        if workflow_run_of(&job).is_some() {
-            return Err(JobError::Conflict {
-                code: "not_repairable",
-                message: "this job belongs to a workflow run; rerun the run from its step instead".into(),
-                state: Some(job.state),
-            });
-        }
-        let repairable = job.state == JobState::ApprovalRequired
-            || (job.approval.is_some() && matches!(job.state, JobState::Denied | JobState::Failed | JobState::Timeout));
-        if !repairable || job.links.repaired_as.is_some() {
-            return Err(JobError::Conflict {
-                code: "not_repairable",
-                message: format!("approval does not require repair (job is {})", job.state.as_str()),
-                state: Some(job.state),
-            });
-        }
+        self.get(tenant, id).await?;
+        let (job, revision) = self.repo.get(id).await?.ok_or(JobError::NotFound)?;
+        not_repairable(&job)?;
         let mut body = resubmission(&job);
         if let Some(input) = input {
             body.input = Some(input);
         }
+        // The replacement is created in one batch with the original's close
+        // (a compare-and-set on it): an approve or reject that got there
+        // first makes the repair fail, and the other way round.
+        let new_id = uuid::Uuid::new_v4().to_string();
+        let mut closed = job.clone();
+        closed.links.repaired_as = Some(new_id.clone());
+        if closed.state == JobState::ApprovalRequired {
+            closed.approval = Some(self.approval_record(caller, "repaired", "", note, &self.policy.active().id));
+            let _ = closed.transition(JobState::Cancelled, Some(format!("repaired as {new_id}")));
+        }
+        let mut ops = vec![Op::PutIfAbsent { key: format!("repair:{tenant}:{id}"), value: b"1".to_vec(), ttl: None }];
+        ops.extend(JobRepo::replace_ops(&closed, revision));
         let extras = SubmitExtras {
             labels: BTreeMap::from([("repair_of".to_string(), job.id.clone())]),
             links: JobLinks { repair_of: Some(job.id.clone()), ..Default::default() },
-            ops: vec![Op::PutIfAbsent { key: format!("repair:{tenant}:{id}"), value: b"1".to_vec(), ttl: None }],
-            job_id: None,
+            ops,
+            job_id: Some(new_id),
             resubmission: true,
         };
-        let outcome = match self.submit_with(caller, tenant, body, None, extras).await {
+        match self.submit_with(caller, tenant, body, None, extras).await {
             Err(JobError::Raced) => {
-                return Err(JobError::Conflict {
-                    code: "already_repaired",
-                    message: "this job was already repaired".into(),
-                    state: Some(job.state),
-                });
+                let (now, _) = self.repo.get(id).await?.ok_or(JobError::NotFound)?;
+                Err(not_repairable(&now).err().unwrap_or(JobError::Conflict {
+                    code: "approval_already_resolved",
+                    message: format!("the job changed while it was being repaired (job is {})", now.state.as_str()),
+                    state: Some(now.state),
+                }))
             }
-            other => other?,
-        };
-        let new_id = outcome_job_id(&outcome).to_string();
-        let record = self.approval_record(caller, "repaired", "", note, &self.policy.active().id);
-        self.repo
-            .update(id, |j| {
-                j.links.repaired_as = Some(new_id.clone());
-                if j.state == JobState::ApprovalRequired {
-                    j.approval = Some(record.clone());
-                    let _ = j.transition(JobState::Cancelled, Some(format!("repaired as {new_id}")));
+            Ok(outcome) => {
+                if closed.state.is_terminal() {
+                    self.repo.waiters().notify(id);
                 }
-                true
-            })
-            .await?;
-        Ok(outcome)
+                Ok(outcome)
+            }
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// Why a job cannot be repaired, if it cannot: a workflow's job (rerun the
+/// run instead), one repaired already, or one that is neither held nor an
+/// approval job that ended denied, failed or timed out.
+fn not_repairable(job: &JobRecord) -> Result<(), JobError> {
+    if workflow_run_of(job).is_some() {
+        return Err(JobError::Conflict {
+            code: "not_repairable",
+            message: "this job belongs to a workflow run; rerun the run from its step instead".into(),
+            state: Some(job.state),
+        });
+    }
+    if job.links.repaired_as.is_some() {
+        return Err(JobError::Conflict {
+            code: "already_repaired",
+            message: "this job was already repaired".into(),
+            state: Some(job.state),
+        });
+    }
+    let repairable = job.state == JobState::ApprovalRequired
+        || (job.approval.is_some() && matches!(job.state, JobState::Denied | JobState::Failed | JobState::Timeout));
+    if !repairable {
+        return Err(JobError::Conflict {
+            code: "not_repairable",
+            message: format!("approval does not require repair (job is {})", job.state.as_str()),
+            state: Some(job.state),
+        });
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@
 //! in flight after a restart are dispatched again. Packs without a component
 //! are served by external workers over the bus (request-reply on the topic).
 
-use super::dlq::DlqEntry;
+use super::dlq::dead_letter;
 use super::model::{JobFailure, JobRecord, JobState};
 use super::pools::{PoolManager, PoolPermit};
 use super::repo::JobRepo;
@@ -153,7 +153,7 @@ impl Dispatcher {
                         j.error = Some(failure.clone());
                         j.transition(JobState::Failed, Some(text.clone())).is_ok()
                     },
-                    |j| vec![DlqEntry::from_job(j).put_op()],
+                    dead_letter,
                 )
                 .await;
         }
@@ -359,7 +359,7 @@ impl Dispatcher {
                         j.transition(state, Some(message.clone())).is_ok()
                     }
                 },
-                |j| vec![DlqEntry::from_job(j).put_op()],
+                dead_letter,
             )
             .await;
         self.announce(stored).await;
@@ -430,7 +430,7 @@ impl Dispatcher {
                         j.transition(state, failure.as_ref().map(|f| f.message.clone())).is_ok()
                     }
                 },
-                |j| if failure.is_some() { vec![DlqEntry::from_job(j).put_op()] } else { Vec::new() },
+                |j| if failure.is_some() { dead_letter(j) } else { Vec::new() },
             )
             .await
     }
@@ -495,7 +495,7 @@ impl Dispatcher {
                         }
                         _ => false,
                     },
-                    |j| if j.state == JobState::Failed { vec![DlqEntry::from_job(j).put_op()] } else { Vec::new() },
+                    |j| if j.state == JobState::Failed { dead_letter(j) } else { Vec::new() },
                 )
                 .await;
             match updated {

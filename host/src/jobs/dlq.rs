@@ -3,6 +3,7 @@
 //! `dlq:<tenant>:<job_id>`, written atomically with the job's final state.
 
 use super::model::JobRecord;
+use super::repo::workflow_run_of;
 use crate::store::{Op, to_json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,14 @@ impl DlqEntry {
     pub fn put_op(&self) -> Op {
         Op::Put { key: entry_key(&self.tenant, &self.job_id), value: to_json(self), ttl: None }
     }
+}
+
+/// The ops that dead-letter a job that failed for good. A workflow step's
+/// job is not dead-lettered: its run records the failure (and retries the
+/// step as its definition says), and rerunning the run from that step is
+/// how it is retried, never a job of its own outside the run.
+pub fn dead_letter(job: &JobRecord) -> Vec<Op> {
+    if workflow_run_of(job).is_some() { Vec::new() } else { vec![DlqEntry::from_job(job).put_op()] }
 }
 
 use super::lifecycle::{outcome_job_id, resubmission};
@@ -114,6 +123,13 @@ impl JobService {
             return Err(JobError::NotFoundWhat("dlq entry not found"));
         };
         let job = self.get(tenant, id).await?;
+        if workflow_run_of(&job).is_some() {
+            return Err(JobError::Conflict {
+                code: "not_retryable",
+                message: "this job belongs to a workflow run; rerun the run from its step instead".into(),
+                state: Some(job.state),
+            });
+        }
         let mut suffix = [0u8; 4];
         rand::thread_rng().fill_bytes(&mut suffix);
         let new_id = format!("{id}-retry-{}", hex::encode(suffix));

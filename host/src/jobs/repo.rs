@@ -47,6 +47,10 @@ pub enum RepoError {
     NotFound(String),
     #[error("job {0} kept changing; gave up updating it")]
     Contended(String),
+    /// A condition among the caller's extra ops failed (a record the
+    /// update depends on changed); nothing was written.
+    #[error("a record job {0}'s update depends on changed")]
+    GuardChanged(String),
 }
 
 /// Callers waiting for jobs to finish (long-polling reads).
@@ -83,7 +87,7 @@ impl Waiters {
         }
     }
 
-    fn notify(&self, id: &str) {
+    pub(super) fn notify(&self, id: &str) {
         if let Some(list) = self.map.lock().remove(id) {
             for tx in list {
                 let _ = tx.send(());
@@ -144,6 +148,22 @@ impl JobRepo {
         ops
     }
 
+    /// The ops that replace a job stored at `revision` with `job` (record,
+    /// in-flight marker, approvals listing), for a batch of the caller's.
+    pub fn replace_ops(job: &JobRecord, revision: u64) -> Vec<Op> {
+        let id = job.id.as_str();
+        let mut ops = vec![Op::PutIfRevision { key: job_key(id), value: to_json(job), expected: revision, ttl: None }];
+        if job.state.is_terminal() {
+            ops.push(Op::Delete { key: active_key(id) });
+        } else if job.state != JobState::ApprovalRequired {
+            ops.push(Op::Put { key: active_key(id), value: job.tenant.as_bytes().to_vec(), ttl: None });
+        }
+        if job.state != JobState::ApprovalRequired {
+            ops.push(Op::Delete { key: approval_key(&job.tenant, id) });
+        }
+        ops
+    }
+
     pub async fn get(&self, id: &str) -> Result<Option<(JobRecord, u64)>, RepoError> {
         match self.store.get(&job_key(id)).await? {
             Some(Entry { value, revision }) => {
@@ -163,8 +183,10 @@ impl JobRepo {
         self.update_with(id, change, |_| Vec::new()).await
     }
 
-    /// [`update`](Self::update) plus `extra` ops (index entries, DLQ records)
-    /// written atomically with the new record.
+    /// [`update`](Self::update) plus `extra` ops (index entries, DLQ records,
+    /// guards on other records) written atomically with the new record. A
+    /// change of the job itself is retried; a failed condition among the
+    /// extra ops is [`RepoError::GuardChanged`].
     pub async fn update_with<F, G>(&self, id: &str, mut change: F, extra: G) -> Result<(JobRecord, bool), RepoError>
     where
         F: FnMut(&mut JobRecord) -> bool,
@@ -175,16 +197,8 @@ impl JobRepo {
             if !change(&mut job) {
                 return Ok((job, false));
             }
-            let mut ops =
-                vec![Op::PutIfRevision { key: job_key(id), value: to_json(&job), expected: revision, ttl: None }];
-            if job.state.is_terminal() {
-                ops.push(Op::Delete { key: active_key(id) });
-            } else if job.state != JobState::ApprovalRequired {
-                ops.push(Op::Put { key: active_key(id), value: job.tenant.as_bytes().to_vec(), ttl: None });
-            }
-            if job.state != JobState::ApprovalRequired {
-                ops.push(Op::Delete { key: approval_key(&job.tenant, id) });
-            }
+            let mut ops = Self::replace_ops(&job, revision);
+            let extra_start = ops.len();
             ops.extend(extra(&job));
             match self.store.apply(ops).await? {
                 BatchOutcome::Applied(_) => {
@@ -195,6 +209,9 @@ impl JobRepo {
                         let _ = tx.send(run.to_string());
                     }
                     return Ok((job, true));
+                }
+                BatchOutcome::Conflict { index, .. } if index >= extra_start => {
+                    return Err(RepoError::GuardChanged(id.to_string()));
                 }
                 BatchOutcome::Conflict { .. } => continue,
             }

@@ -8,7 +8,7 @@ use super::repo::{JobRepo, RUN_LABEL, SOURCE_LABEL, workflow_run_of};
 use super::submit::{JobError, JobService, SubmitExtras, SubmitJob, SubmitOutcome};
 use crate::auth::AuthContext;
 use crate::policy::{DecisionKind, PolicyDecision};
-use crate::store::BatchOutcome;
+use crate::store::{BatchOutcome, Op};
 use async_trait::async_trait;
 use chrono::Utc;
 use std::collections::BTreeMap;
@@ -22,8 +22,11 @@ pub const GATE_LABEL: &str = "gate_type";
 /// Decides whether a workflow step's job may still be approved or rejected.
 #[async_trait]
 pub trait RunGuard: Send + Sync {
-    /// `Err` (a conflict naming the run's state) when the job's run is over.
-    async fn check_open(&self, tenant: &str, run_id: &str) -> Result<(), JobError>;
+    /// `Err` (a conflict naming the run's state) when the job's run is over;
+    /// otherwise the store conditions that hold while the run stays as it
+    /// was read, to be applied with the decision so that a decision and a
+    /// run's end never cross.
+    async fn open_guard(&self, tenant: &str, run_id: &str) -> Result<Vec<Op>, JobError>;
 }
 
 /// Where a step's job comes from.
@@ -57,10 +60,10 @@ impl JobService {
     }
 
     /// Refuse decisions on jobs whose workflow run is over.
-    pub(super) async fn check_run_open(&self, job: &JobRecord) -> Result<(), JobError> {
+    pub(super) async fn run_open_guard(&self, job: &JobRecord) -> Result<Vec<Op>, JobError> {
         match (workflow_run_of(job), self.run_guard.get()) {
-            (Some(run), Some(guard)) => guard.check_open(&job.tenant, run).await,
-            _ => Ok(()),
+            (Some(run), Some(guard)) => guard.open_guard(&job.tenant, run).await,
+            _ => Ok(Vec::new()),
         }
     }
 

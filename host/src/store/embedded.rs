@@ -206,7 +206,9 @@ fn apply_batch(kv: &mut redb::Table<&str, &[u8]>, ops: &[Op], now: i64) -> Store
         let rev = existing.as_ref().map(|e| e.revision).unwrap_or(0);
         let ok = match op {
             Op::PutIfAbsent { .. } => existing.is_none(),
-            Op::PutIfRevision { expected, .. } | Op::DeleteIfRevision { expected, .. } => rev == *expected,
+            Op::PutIfRevision { expected, .. }
+            | Op::DeleteIfRevision { expected, .. }
+            | Op::RequireRevision { expected, .. } => rev == *expected,
             Op::Put { .. } | Op::Delete { .. } => true,
         };
         if !ok {
@@ -228,6 +230,7 @@ fn apply_batch(kv: &mut redb::Table<&str, &[u8]>, ops: &[Op], now: i64) -> Store
                 kv.remove(key.as_str()).map_err(unavailable)?;
                 revisions.push(0);
             }
+            Op::RequireRevision { .. } => revisions.push(rev),
         }
     }
     Ok(BatchOutcome::Applied(revisions))
@@ -346,6 +349,26 @@ mod tests {
         assert_eq!(store.get("b").await.unwrap().unwrap().value, b"22");
         assert_eq!(store.read_stream("s", 1, 10).await.unwrap().len(), 2);
         assert_eq!(store.scan("", None, 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_required_revision_guards_a_batch_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.apply(vec![Op::Put { key: "run".into(), value: b"open".to_vec(), ttl: None }]).await.unwrap();
+        let guarded = |expected| {
+            vec![
+                Op::RequireRevision { key: "run".into(), expected },
+                Op::Put { key: "job".into(), value: b"approved".to_vec(), ttl: None },
+            ]
+        };
+        // The guarded key changed: nothing is written.
+        store.apply(vec![Op::Put { key: "run".into(), value: b"cancelled".to_vec(), ttl: None }]).await.unwrap();
+        assert!(matches!(store.apply(guarded(1)).await.unwrap(), BatchOutcome::Conflict { index: 0, .. }));
+        assert!(store.get("job").await.unwrap().is_none());
+        // Unchanged: the batch applies and the guarded key keeps its revision.
+        assert_eq!(store.apply(guarded(2)).await.unwrap(), BatchOutcome::Applied(vec![2, 1]));
+        assert_eq!(store.get("run").await.unwrap().unwrap().revision, 2);
     }
 
     #[tokio::test]

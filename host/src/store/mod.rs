@@ -6,7 +6,8 @@
 //!
 //! * `get`/`scan` of versioned entries (each write bumps a revision),
 //! * an atomic batch of writes whose conditions (create-if-absent,
-//!   compare-and-set on revision) are checked together: all apply or none do,
+//!   compare-and-set on revision, "this other key is unchanged") are checked
+//!   together: all apply or none do,
 //! * a TTL per entry (expired entries read as absent),
 //! * ordered append-only streams (`append`/`read_stream`).
 //!
@@ -44,6 +45,9 @@ pub enum Op {
     Delete { key: String },
     /// Remove the key only if its revision equals `expected`.
     DeleteIfRevision { key: String, expected: u64 },
+    /// Write nothing; fail the batch unless the key's revision equals
+    /// `expected` (0 = absent). Makes a batch depend on a record it reads.
+    RequireRevision { key: String, expected: u64 },
 }
 
 impl Op {
@@ -53,7 +57,8 @@ impl Op {
             | Op::PutIfAbsent { key, .. }
             | Op::PutIfRevision { key, .. }
             | Op::Delete { key }
-            | Op::DeleteIfRevision { key, .. } => key,
+            | Op::DeleteIfRevision { key, .. }
+            | Op::RequireRevision { key, .. } => key,
         }
     }
 

@@ -26,7 +26,7 @@ use crate::auth::{AuthContext, Role};
 use crate::jobs::steps::{RunGuard, StepJobRef};
 use crate::jobs::{JobError, JobRecord, JobService, JobState, SubmitJob};
 use crate::schema::{SchemaService, Violation};
-use crate::store::StoreError;
+use crate::store::{Op, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -1066,7 +1066,7 @@ impl Engine {
 
 #[async_trait]
 impl RunGuard for Engine {
-    async fn check_open(&self, tenant: &str, run_id: &str) -> Result<(), JobError> {
+    async fn open_guard(&self, tenant: &str, run_id: &str) -> Result<Vec<Op>, JobError> {
         match self.repo.run(run_id).await {
             Ok(Some((run, _))) if run.org_id == tenant && run.status.is_terminal() => Err(JobError::Conflict {
                 code: "workflow_run_finished",
@@ -1076,7 +1076,10 @@ impl RunGuard for Engine {
                 ),
                 state: None,
             }),
-            Ok(_) => Ok(()),
+            Ok(Some((run, revision))) if run.org_id == tenant => {
+                Ok(vec![Op::RequireRevision { key: super::repo::run_key(run_id), expected: revision }])
+            }
+            Ok(_) => Ok(Vec::new()),
             Err(e) => Err(JobError::Store(e.to_string())),
         }
     }
