@@ -428,8 +428,27 @@ fn remediation_resubmits_a_linked_job() {
     assert_eq!(new["result"]["message"], "fix me");
     assert_eq!(new["links"]["remediation_of"], id.as_str());
     assert_eq!(new["labels"]["remediation_id"], "use-hello");
+    // Remediating again, or several times at once, makes no second job.
+    let again: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let body = json!({"remediation_id": "use-hello"});
+                    let r = gw.post(ADMIN, None, &format!("/api/v1/jobs/{id}/remediate"), &body);
+                    assert_eq!(r.status().as_u16(), 200);
+                    r.json::<Value>().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for answer in &again {
+        assert_eq!(answer["job_id"], new_id.as_str(), "{answer}");
+    }
     let old: Value = gw.get(ADMIN, None, &format!("/api/v1/jobs/{id}")).json().unwrap();
-    assert_eq!(old["links"]["remediated_by"][0], new_id.as_str());
+    assert_eq!(old["links"]["remediated_by"], json!([new_id]));
+    let echoes: Value = gw.get(ADMIN, None, "/api/v1/jobs?topic=job.hello-pack.echo").json().unwrap();
+    assert_eq!(echoes["items"].as_array().unwrap().len(), 1, "one remediated job: {echoes}");
     // A job the policy offered nothing for: 409.
     let env = assert_envelope(gw.post(ADMIN, None, &format!("/api/v1/jobs/{new_id}/remediate"), &json!({})), 409);
     assert_eq!(env["code"], "no_remediations");
@@ -474,6 +493,11 @@ fn job_listing_is_paginated_filtered_and_per_tenant() {
     assert!(other["items"].as_array().unwrap().is_empty());
     assert_envelope(gw.get(ACME, None, "/api/v1/jobs?state=BOGUS"), 400);
     assert_envelope(gw.get(ACME, None, "/api/v1/jobs?colour=red"), 400);
+    // A cursor the listing never returned is refused, not read as "the end".
+    for bad in ["garbage", "1:", ":", "00000000000000000000:"] {
+        let env = assert_envelope(gw.get(ACME, None, &format!("/api/v1/jobs?cursor={bad}")), 400);
+        assert!(env["error"].as_str().unwrap().contains("cursor"), "{bad}: {env}");
+    }
 }
 
 #[test]

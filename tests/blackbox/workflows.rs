@@ -568,3 +568,23 @@ fn a_failing_step_is_retried_with_backoff_then_fails_the_run() {
     let failed_job = done["steps"]["try"]["job_id"].as_str().unwrap();
     assert_envelope(gw.post(ADMIN, None, &format!("/api/v1/dlq/{failed_job}/retry"), &json!({})), 404);
 }
+
+/// Regression: a run of a workflow whose input schema was deleted from the
+/// registry answered 503 (as if the gateway were down) instead of naming
+/// the missing schema.
+#[test]
+fn a_run_whose_input_schema_is_gone_is_a_conflict_naming_it() {
+    let gw = Gateway::start(Options { env: keys_env(), ..Default::default() });
+    let schema = json!({"type": "object", "required": ["a"]});
+    let resp = gw.post(ADMIN, None, "/api/v1/schemas", &json!({"id": "runs/Input", "schema": schema}));
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let def = json!({"id": "checked", "input_schema_id": "runs/Input",
+                     "steps": {"echo": {"topic": "job.hello-pack.echo", "input": {"message": "x"}}}});
+    create(&gw, ADMIN, &def);
+    assert_envelope(gw.post(ADMIN, None, "/api/v1/workflows/checked/runs", &json!({})), 400);
+    let del = gw.client.delete(gw.url("/api/v1/schemas/runs%2FInput")).header("X-API-Key", ADMIN).send().unwrap();
+    assert!(del.status().is_success(), "{}", del.status());
+    let env = assert_envelope(gw.post(ADMIN, None, "/api/v1/workflows/checked/runs", &json!({"a": 1})), 409);
+    assert_eq!(env["code"], "input_schema_missing");
+    assert!(env["error"].as_str().unwrap().contains("runs/Input"), "{env}");
+}

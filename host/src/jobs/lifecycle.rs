@@ -4,6 +4,8 @@ use super::model::{JobLinks, JobRecord, JobState};
 use super::repo::{index_prefix, job_key};
 use super::submit::{JobError, JobService, SubmitExtras, SubmitJob, SubmitMeta, SubmitOutcome};
 use crate::auth::AuthContext;
+use crate::store::Op;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// A page of jobs, newest first.
@@ -44,8 +46,18 @@ pub(super) fn resubmission(job: &JobRecord) -> SubmitJob {
     }
 }
 
+/// A job listing cursor is an index position: 20 digits, `:`, a job id.
+fn valid_cursor(cursor: &str) -> bool {
+    match cursor.split_once(':') {
+        Some((time, id)) => time.len() == 20 && time.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty(),
+        None => false,
+    }
+}
+
 impl JobService {
-    /// The tenant's jobs, newest first, `limit` per page.
+    /// The tenant's jobs, newest first, `limit` per page. A page scans a
+    /// bounded number of jobs (50 × `limit`), so a filtered page may hold
+    /// fewer items than `limit`, even none, and still carry a `next_cursor`.
     pub async fn list(
         &self,
         tenant: &str,
@@ -53,6 +65,11 @@ impl JobService {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<JobPage, JobError> {
+        if let Some(c) = cursor.filter(|c| !valid_cursor(c)) {
+            return Err(JobError::Invalid(format!(
+                "invalid cursor {c:?}: pass back a next_cursor this listing returned"
+            )));
+        }
         let prefix = index_prefix(tenant);
         let mut after = cursor.map(|c| format!("{prefix}{c}"));
         let mut items = Vec::new();
@@ -155,18 +172,30 @@ impl JobService {
         for k in &chosen.remove_labels {
             body.labels.remove(k);
         }
+        // One remediation of a job makes one new job: a repeated (or
+        // parallel) call answers with the job the first one made.
+        let marker = format!("remediated:{tenant}:{id}:{}", hex::encode(Sha256::digest(chosen.id.as_bytes())));
+        if let Some(done) = self.repo.store().get(&marker).await? {
+            return Ok((self.replayed(&String::from_utf8_lossy(&done.value)).await?, chosen.id));
+        }
+        let new_id = uuid::Uuid::new_v4().to_string();
         let extras = SubmitExtras {
             labels: BTreeMap::from([
                 ("remediation_of".to_string(), job.id.clone()),
                 ("remediation_id".to_string(), chosen.id.clone()),
             ]),
             links: JobLinks { remediation_of: Some(job.id.clone()), ..Default::default() },
-            ops: Vec::new(),
-            job_id: None,
+            ops: vec![Op::PutIfAbsent { key: marker.clone(), value: new_id.as_bytes().to_vec(), ttl: None }],
+            job_id: Some(new_id.clone()),
             resubmission: true,
         };
-        let outcome = self.submit_with(caller, tenant, body, None, extras).await?;
-        let new_id = outcome_job_id(&outcome).to_string();
+        let outcome = match self.submit_with(caller, tenant, body, None, extras).await {
+            Err(JobError::Raced) => {
+                let done = self.repo.store().get(&marker).await?.ok_or(JobError::Raced)?;
+                return Ok((self.replayed(&String::from_utf8_lossy(&done.value)).await?, chosen.id));
+            }
+            other => other?,
+        };
         self.repo
             .update(id, |j| {
                 j.links.remediated_by.push(new_id.clone());
@@ -174,6 +203,24 @@ impl JobService {
             })
             .await?;
         Ok((outcome, chosen.id))
+    }
+
+    /// What submitting `job_id` answered, told again from the stored job.
+    async fn replayed(&self, job_id: &str) -> Result<SubmitOutcome, JobError> {
+        let (job, _) = self.repo.get(job_id).await?.ok_or(JobError::NotFound)?;
+        let decision = job.safety.map(|s| s.decision);
+        Ok(match (job.history.get(1).map(|h| h.state), decision) {
+            (Some(JobState::Denied), Some(decision)) => {
+                SubmitOutcome::Denied { job_id: job.id, trace_id: job.trace_id, decision }
+            }
+            (Some(JobState::ApprovalRequired), Some(decision)) => SubmitOutcome::ApprovalRequired {
+                job_id: job.id,
+                trace_id: job.trace_id,
+                reason: decision.reason,
+                rule_id: decision.rule_id,
+            },
+            _ => SubmitOutcome::Accepted { job_id: job.id, trace_id: job.trace_id },
+        })
     }
 
     /// Does a stored job exist at all (any tenant)? For internal checks only.

@@ -14,6 +14,7 @@
 //! dropped.
 
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Longest expression accepted.
@@ -64,6 +65,28 @@ pub fn check(src: &str) -> Result<(), String> {
     cel::Program::compile(src).map(|_| ()).map_err(|e| format!("invalid expression {src:?}: {e}"))
 }
 
+/// A JSON value as CEL sees it. Integers are CEL `int` (a `uint` only past
+/// `i64::MAX`), so `input.n + 1` works whatever the sign of `n`; the
+/// crate's own conversion makes every non-negative integer a `uint`, which
+/// CEL refuses to add to an `int` literal.
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => {
+            let entries: HashMap<String, cel::Value> = map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            cel::Value::from(entries)
+        }
+    }
+}
+
 /// Evaluate `src` over `scope` (a JSON object of variables).
 pub fn eval(src: &str, scope: &Value) -> Result<Value, String> {
     check(src)?;
@@ -74,7 +97,7 @@ pub fn eval(src: &str, scope: &Value) -> Result<Value, String> {
     let mut context = cel::Context::default();
     if let Value::Object(vars) = scope {
         for (name, value) in vars {
-            context.add_variable(name.as_str(), value.clone()).map_err(|e| format!("variable {name}: {e}"))?;
+            context.add_variable_from_value(name.as_str(), to_cel(value));
         }
     }
     let _ = context.add_function("length", |v: cel::Value| -> i64 {
@@ -202,6 +225,21 @@ mod tests {
         assert_eq!(eval("first(input.items)", &scope()).unwrap(), json!(1));
         assert!(eval_bool("input.message", &scope()).is_err());
         assert!(check("input.(").is_err());
+    }
+
+    /// Regression: non-negative JSON integers were CEL `uint`s, so
+    /// `input.n + 1` failed while `input.neg + 1` worked.
+    #[test]
+    fn integer_arithmetic_does_not_depend_on_the_sign() {
+        let scope = json!({"input": {"n": 1, "neg": -1, "z": 2, "big": u64::MAX, "f": 1.5}});
+        assert!(eval_bool("input.n + 1 == 2", &scope).unwrap());
+        assert!(eval_bool("input.n * 2 == 2", &scope).unwrap());
+        assert!(eval_bool("input.neg + 1 == 0", &scope).unwrap());
+        assert_eq!(eval("4 / input.z", &scope).unwrap(), json!(2));
+        assert_eq!(eval("input.big", &scope).unwrap(), json!(u64::MAX));
+        assert!(eval_bool("input.f > 1.0", &scope).unwrap());
+        assert_eq!(eval("[input.n, input.neg][0] + 1", &scope).unwrap(), json!(2));
+        assert!(eval_bool("{'a': input.n}.a + 1 == 2", &scope).unwrap());
     }
 
     #[test]

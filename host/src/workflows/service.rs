@@ -12,7 +12,7 @@ use super::model::{RunCaller, RunStatus, StepError, StepRun, StepStatus, Workflo
 use super::repo::{WorkflowRepo, def_key, runs_of_prefix, runs_prefix};
 use super::validate::{downstream, valid_workflow_id, validate};
 use crate::auth::AuthContext;
-use crate::schema::{SchemaService, Violation};
+use crate::schema::{SchemaError, SchemaService, Violation};
 use crate::store::{BatchOutcome, Op, StoreError, to_json};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,27 @@ impl From<StoreError> for WorkflowError {
 impl From<super::engine::EngineError> for WorkflowError {
     fn from(e: super::engine::EngineError) -> Self {
         WorkflowError::Store(e.to_string())
+    }
+}
+
+/// Why a run's input could not be checked: the workflow names a schema that
+/// is gone or broken (a conflict to fix in the definition or the registry),
+/// the input is no JSON document the validator accepts (bad input), or the
+/// validator itself failed (unavailable, worth retrying).
+fn input_schema_failure(workflow: &str, e: SchemaError) -> WorkflowError {
+    match e {
+        SchemaError::Unknown(schema) => WorkflowError::Conflict {
+            code: "input_schema_missing",
+            message: format!("workflow {workflow} checks its input against schema {schema}, which is not registered"),
+            status: None,
+        },
+        SchemaError::InvalidSchema(m) => WorkflowError::Conflict {
+            code: "input_schema_invalid",
+            message: format!("workflow {workflow}'s input schema is invalid: {m}"),
+            status: None,
+        },
+        SchemaError::InvalidDocument(m) => WorkflowError::Invalid(format!("run input: {m}")),
+        other => WorkflowError::Store(format!("input schema check: {other}")),
     }
 }
 
@@ -238,17 +259,12 @@ impl WorkflowService {
         let mut violations = Vec::new();
         if let Some(schema) = &def.input_schema {
             violations.extend(
-                self.schemas
-                    .validate_inline(tenant, schema, &document)
-                    .map_err(|e| WorkflowError::Store(format!("input schema check: {e}")))?,
+                self.schemas.validate_inline(tenant, schema, &document).map_err(|e| input_schema_failure(id, e))?,
             );
         }
         if let Some(schema_id) = &def.input_schema_id {
-            violations.extend(
-                self.schemas
-                    .validate(tenant, schema_id, &document)
-                    .map_err(|e| WorkflowError::Store(format!("input schema check: {e}")))?,
-            );
+            violations
+                .extend(self.schemas.validate(tenant, schema_id, &document).map_err(|e| input_schema_failure(id, e))?);
         }
         if !violations.is_empty() {
             return Err(WorkflowError::InputViolations { violations });
