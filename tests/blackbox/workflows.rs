@@ -271,6 +271,32 @@ fn denied_step_fails_the_run_and_a_rerun_reuses_earlier_outputs() {
         400,
     );
     assert_eq!(bad["field"], "step");
+
+    // With an Idempotency-Key, parallel reruns make one run and all answer it.
+    let rerun_keyed = |step: &str| {
+        let r = gw
+            .client
+            .post(gw.url(&format!("/api/v1/workflow-runs/{whole_id}/rerun")))
+            .header("X-API-Key", GLOBEX)
+            .header("Idempotency-Key", "rerun-once")
+            .json(&json!({"from_step": step}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| rerun_keyed("third"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first = answers[0].1["run_id"].clone();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["run_id"], first, "one rerun: {answers:?}");
+    }
+    wait_status(&gw, GLOBEX, first.as_str().unwrap(), "succeeded");
+    assert_eq!(run(&gw, GLOBEX, &whole_id)["reruns"], json!([first]));
+    // The same key for another step is a conflict.
+    assert_eq!(rerun_keyed("first").0, 409);
 }
 
 #[test]

@@ -299,6 +299,7 @@ pub async fn rerun(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     JsonOrEmpty(body): JsonOrEmpty<RerunBody>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
@@ -307,10 +308,11 @@ pub async fn rerun(
             .code("invalid_request")
             .with("field", "dry_run"));
     }
+    let key = request_idempotency_key(&headers, None, Vec::new())?;
     let outcome = app
         .workflows
-        .rerun(&caller.auth, &caller.tenant, &id, body.from_step.as_deref())
+        .rerun(&caller.auth, &caller.tenant, &id, body.from_step.as_deref(), key)
         .await
         .map_err(workflow_error)?;
-    Ok(Json(json!({"run_id": outcome.run_id, "status": outcome.status, "rerun_of": id})))
+    Ok(Json(json!({"run_id": outcome.run_id, "status": outcome.status, "rerun_of": id, "replayed": outcome.replayed})))
 }

@@ -450,11 +450,20 @@ impl WorkflowService {
         tenant: &str,
         id: &str,
         from_step: Option<&str>,
+        idempotency_key: Option<String>,
     ) -> Result<StartOutcome, WorkflowError> {
         let from_step = from_step.map(str::trim).filter(|s| !s.is_empty());
+        // A repeated key replays the rerun it made (for the same step).
+        let request_hash = sha(from_step.unwrap_or(""));
+        let idem_key = idempotency_key.as_ref().map(|k| format!("idem:{tenant}:wfrerun:{id}:{}", sha(k)));
         let mut created = None;
         for _ in 0..8 {
             let (mut old, revision) = self.run_with_revision(tenant, id).await?;
+            if let Some(key) = &idem_key
+                && let Some(entry) = self.repo.store().get(key).await?
+            {
+                return self.replay(entry.json()?, &request_hash).await;
+            }
             if !old.status.is_terminal() {
                 return Err(WorkflowError::Conflict {
                     code: "run_not_rerunnable",
@@ -537,6 +546,14 @@ impl WorkflowService {
             old.updated_at = now;
             let mut ops = WorkflowRepo::create_ops(&run, &log.events);
             ops.extend(WorkflowRepo::update_ops(&old, revision, &[]));
+            if let Some(key) = &idem_key {
+                let record = RunIdempotency { request_hash: request_hash.clone(), run_id: new_id.clone() };
+                ops.push(Op::PutIfAbsent {
+                    key: key.clone(),
+                    value: to_json(&record),
+                    ttl: Some(self.idempotency_ttl),
+                });
+            }
             if self.repo.apply(ops).await? {
                 created = Some(new_id);
                 break;
