@@ -338,6 +338,16 @@ fn tampered_and_hostile_bundles_are_refused_and_leave_nothing() {
     let json_body = gw.post(ADMIN, None, "/api/v1/packs/install", &json!({}));
     assert_envelope(json_body, 415);
     assert_envelope(upload(&gw, ACME_ADMIN, good.clone()), 403);
+    // A form with two bundles, or an upgrade flag that is no boolean, is refused.
+    let part = || reqwest::blocking::multipart::Part::bytes(good.clone()).file_name("pack.tgz");
+    let two = reqwest::blocking::multipart::Form::new().part("bundle", part()).part("bundle", part());
+    let resp =
+        gw.client.post(gw.url("/api/v1/packs/install")).header("X-API-Key", ADMIN).multipart(two).send().unwrap();
+    assert_eq!(assert_envelope(resp, 400)["field"], "bundle");
+    let maybe = reqwest::blocking::multipart::Form::new().part("bundle", part()).text("upgrade", "maybe");
+    let resp =
+        gw.client.post(gw.url("/api/v1/packs/install")).header("X-API-Key", ADMIN).multipart(maybe).send().unwrap();
+    assert_eq!(assert_envelope(resp, 400)["field"], "upgrade");
     // The good bundle still installs, by multipart upload too.
     let form = reqwest::blocking::multipart::Form::new()
         .part("bundle", reqwest::blocking::multipart::Part::bytes(good).file_name("pack.tgz"));

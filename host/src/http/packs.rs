@@ -66,8 +66,16 @@ pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<Str
     Ok(Json(serde_json::to_value(record).unwrap_or_default()))
 }
 
-fn flag(raw: &str) -> bool {
-    matches!(raw.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "y" | "on")
+/// A form flag: true/false spelled as usual; anything else is refused
+/// rather than read as false.
+fn flag(field: &str, raw: &str) -> Result<bool, ApiError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "y" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "n" | "off" => Ok(false),
+        other => Err(ApiError::bad_request(format!("{field} must be true or false, not {other:?}"))
+            .code("PACK_INSTALL_INVALID")
+            .with("field", field)),
+    }
 }
 
 /// `POST /api/v1/packs/install`: a multipart form with the file field
@@ -77,7 +85,12 @@ pub async fn install(State(app): State<Arc<App>>, caller: Caller, req: Request) 
     require_operator(&caller)?;
     let content_type =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let query_upgrade = req.uri().query().unwrap_or("").split('&').any(|p| p == "upgrade=true" || p == "upgrade=1");
+    let mut query_upgrade = false;
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        if let Some(value) = pair.strip_prefix("upgrade=") {
+            query_upgrade = flag("upgrade", value)?;
+        }
+    }
     let invalid = |m: &str| ApiError::bad_request(m.to_string()).code("PACK_INSTALL_INVALID");
     let (bundle, upgrade) = if content_type.starts_with("multipart/form-data") {
         let mut form = Multipart::from_request(req, &()).await.map_err(|_| invalid("invalid multipart form"))?;
@@ -87,12 +100,15 @@ pub async fn install(State(app): State<Arc<App>>, caller: Caller, req: Request) 
             let name = field.name().unwrap_or("").to_string();
             match name.as_str() {
                 "bundle" => {
+                    if bundle.is_some() {
+                        return Err(invalid("one bundle per install: the form holds two").with("field", "bundle"));
+                    }
                     let bytes = field.bytes().await.map_err(|e| invalid(&format!("bundle: {e}")))?;
                     bundle = Some(bytes);
                 }
-                "upgrade" => upgrade = flag(&field.text().await.unwrap_or_default()),
+                "upgrade" => upgrade = flag("upgrade", &field.text().await.unwrap_or_default())?,
                 "force" | "inactive" => {
-                    if flag(&field.text().await.unwrap_or_default()) {
+                    if flag(&name, &field.text().await.unwrap_or_default())? {
                         return Err(invalid(&format!("{name} is not supported")).with("field", name.as_str()));
                     }
                 }
