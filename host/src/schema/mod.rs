@@ -270,12 +270,43 @@ impl SchemaService {
             .call(tenant, |i| i.bindings.cordum_schema_validator().call_validate(&mut i.store, sha, text, document))?;
         Ok(violations
             .into_iter()
+            .take(MAX_VIOLATIONS)
             .map(|v| Violation {
                 instance_path: v.instance_path,
                 schema_path: v.schema_path,
                 keyword: v.keyword,
-                message: v.message,
+                message: shorten(v.message),
             })
             .collect())
+    }
+}
+
+/// Most violations reported for one document.
+const MAX_VIOLATIONS: usize = 100;
+/// Longest violation message reported: validators quote the offending
+/// value, and an answer should not echo a megabyte of the caller's input.
+const MAX_MESSAGE: usize = 512;
+
+fn shorten(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    message
+}
+
+#[cfg(test)]
+mod message_tests {
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(super::shorten("short".into()), "short");
+        let long = "é".repeat(1000);
+        let cut = super::shorten(long);
+        assert!(cut.len() <= super::MAX_MESSAGE + "… (truncated)".len(), "{}", cut.len());
+        assert!(cut.ends_with("… (truncated)"));
     }
 }

@@ -112,6 +112,9 @@ pub fn validate(def: &WorkflowDef) -> Result<(), String> {
                 if step.delay_sec.is_none() && step.delay_until.is_none() {
                     return Err(at("a delay step needs delay_sec or delay_until".into()));
                 }
+                if step.delay_sec.is_some() && step.delay_until.is_some() {
+                    return Err(at("a delay step takes delay_sec or delay_until, not both".into()));
+                }
                 if step.delay_sec.is_some_and(|d| d > MAX_TIMEOUT_SEC) {
                     return Err(at(format!("delay_sec must be at most {MAX_TIMEOUT_SEC}")));
                 }
@@ -224,6 +227,9 @@ mod tests {
         assert!(validate(&d).unwrap_err().contains("unknown step type"));
         let d = def(serde_json::json!({"id": "w", "steps": {"a": {"topic": "job.x.y", "input": {"m": "${input.}"}}}}));
         assert!(validate(&d).unwrap_err().contains("input"));
+        let d = def(serde_json::json!({"id": "w", "steps": {"a": {"type": "delay", "delay_sec": 1,
+                                                                  "delay_until": "2030-01-01T00:00:00Z"}}}));
+        assert!(validate(&d).unwrap_err().contains("not both"));
     }
 
     #[test]
