@@ -387,6 +387,38 @@ fn a_killed_gateway_finishes_the_run_and_no_step_runs_twice() {
     assert_eq!(count(&events, "step_delay_completed", "wait"), 1);
 }
 
+/// A step whose job was RUNNING when the gateway died runs again after the
+/// restart (at least once: the attempt never finished), and the timeline
+/// says so instead of hiding it.
+#[test]
+fn a_step_interrupted_by_a_kill_runs_again_and_the_timeline_says_so() {
+    let mut gw = Gateway::start(Options { env: keys_env(), hostile_pack: true, ..Default::default() });
+    let def = json!({"id": "interrupted", "steps": {"b": {"topic": "job.hostile-pack.busy", "input": {"ms": 700}}}});
+    create(&gw, GLOBEX, &def);
+    // A loaded machine may finish the job before the kill lands: try again then.
+    for _ in 0..3 {
+        let run_id = start(&gw, GLOBEX, "interrupted", &json!({}));
+        let job = format!("{run_id}:b@1");
+        gw.wait_state(GLOBEX, &job, "RUNNING", WAIT);
+        gw.restart(keys_env());
+        let done = wait_status(&gw, GLOBEX, &run_id, "succeeded");
+        assert_eq!(done["steps"]["b"]["attempts"], 1, "the same step attempt: {done}");
+        let job = gw.wait_job(GLOBEX, None, &job, WAIT);
+        let events = timeline(&gw, GLOBEX, &run_id);
+        assert_eq!(count(&events, "step_succeeded", "b"), 1);
+        if job["attempts"] == 1 {
+            assert_eq!(count(&events, "step_interrupted", "b"), 0, "{events:?}");
+            continue;
+        }
+        assert_eq!(job["attempts"], 2, "its job ran again: {job}");
+        assert_eq!(count(&events, "step_interrupted", "b"), 1, "{events:?}");
+        let at = |kind: &str| events.iter().position(|e| e["type"] == kind && e["step_id"] == "b").unwrap();
+        assert!(at("step_interrupted") < at("step_succeeded"));
+        return;
+    }
+    panic!("the job finished before the kill three times");
+}
+
 #[test]
 fn the_hello_pack_workflow_runs_from_the_api() {
     let gw = Gateway::start(Options { env: keys_env(), ..Default::default() });

@@ -13,7 +13,7 @@
 //! are served by external workers over the bus (request-reply on the topic).
 
 use super::dlq::dead_letter;
-use super::model::{JobFailure, JobRecord, JobState};
+use super::model::{JobFailure, JobRecord, JobState, RESTART_NOTE};
 use super::pools::{PoolManager, PoolPermit};
 use super::repo::JobRepo;
 use super::submit::DispatchMessage;
@@ -487,12 +487,10 @@ impl Dispatcher {
                                 .is_ok()
                         }
                         JobState::Running => {
-                            j.transition(JobState::Retrying, Some("gateway restarted".into())).is_ok()
+                            j.transition(JobState::Retrying, Some(RESTART_NOTE.into())).is_ok()
                                 && j.transition(JobState::Scheduled, None).is_ok()
                         }
-                        JobState::Retrying => {
-                            j.transition(JobState::Scheduled, Some("gateway restarted".into())).is_ok()
-                        }
+                        JobState::Retrying => j.transition(JobState::Scheduled, Some(RESTART_NOTE.into())).is_ok(),
                         _ => false,
                     },
                     |j| if j.state == JobState::Failed { dead_letter(j) } else { Vec::new() },

@@ -105,6 +105,17 @@ impl JobState {
     }
 }
 
+/// The note of the RUNNING → RETRYING change a restart makes for a job it
+/// interrupted (the job runs again).
+pub const RESTART_NOTE: &str = "gateway restarted";
+
+impl JobRecord {
+    /// How many times a restart interrupted this job while it ran.
+    pub fn restarts(&self) -> usize {
+        self.history.iter().filter(|h| h.state == JobState::Retrying && h.note.as_deref() == Some(RESTART_NOTE)).count()
+    }
+}
+
 /// One entry of a job's history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateChange {

@@ -204,6 +204,18 @@ fn observe_slot(slot: &mut Slot, label: &str, retry: Option<&RetrySpec>, input: 
         slot.dispatched = true;
         log.push("step_dispatched", Some(label), Some(&job_id), None, Some(json!({"topic": job.topic})));
     }
+    // A restart interrupted the job while it ran: it runs again (at least
+    // once), and the timeline says so.
+    while (slot.restarts as usize) < job.restarts() {
+        slot.restarts += 1;
+        log.push(
+            "step_interrupted",
+            Some(label),
+            Some(&job_id),
+            Some("the gateway restarted while this step's job ran; the job runs again".into()),
+            Some(json!({"restarts": slot.restarts})),
+        );
+    }
     let safety = job.safety.as_ref().map(|s| &s.decision);
     if job.state == JobState::ApprovalRequired {
         if !slot.held {

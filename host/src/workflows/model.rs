@@ -284,6 +284,14 @@ pub struct Slot {
     /// The job was seen held for approval (its `step_waiting` event is written).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// Restarts seen to interrupt the job while it ran (each has its
+    /// `step_interrupted` event: the job runs again).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One fan-out item.
