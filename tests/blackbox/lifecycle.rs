@@ -521,6 +521,25 @@ fn draining_a_pool_starts_nothing_new_and_finishes_in_flight_jobs() {
     for id in &busy {
         gw.wait_state(ADMIN, id, "RUNNING", WAIT);
     }
+    // Pools are shared: a tenant's admin cannot drain or reshape them.
+    let env = assert_envelope(gw.post(ACME_ADMIN, None, "/api/v1/pools/hostile-pack/drain", &json!({})), 403);
+    assert_eq!(env["code"], "operator_required");
+    let patch = gw
+        .client
+        .patch(gw.url("/api/v1/pools/hello-pack"))
+        .header("X-API-Key", ACME_ADMIN)
+        .json(&json!({"max_memory_bytes": 65536}))
+        .send()
+        .unwrap();
+    assert_eq!(assert_envelope(patch, 403)["code"], "operator_required");
+    let put = gw
+        .client
+        .put(gw.url("/api/v1/pools/mine"))
+        .header("X-API-Key", ACME_ADMIN)
+        .json(&json!({"packs": ["hello-pack"]}))
+        .send()
+        .unwrap();
+    assert_eq!(assert_envelope(put, 403)["code"], "operator_required");
     let resp = gw.post(ADMIN, None, "/api/v1/pools/hostile-pack/drain", &json!({}));
     assert_eq!(resp.status().as_u16(), 200);
     let progress: Value = resp.json().unwrap();

@@ -30,6 +30,18 @@ fn a_tenants_policy_component_tightens_only_that_tenant() {
     // acme: the rules allow hello-pack, the tenant's component denies.
     let denied = assert_envelope(gw.post(ACME, None, "/api/v1/jobs", &echo("acme")), 403);
     assert_eq!(denied["rule_id"], "tenant:tenant-deny-all", "{denied}");
+    // Explain and simulate (Policy Studio's "try a request") say what a job
+    // would meet, the tenant's component included.
+    let request = serde_json::json!({"topic": "job.hello-pack.echo"});
+    let explained: Value = gw.post(ACME_ADMIN, None, "/api/v1/policy/explain", &request).json().unwrap();
+    assert_eq!(explained["ruleId"], "tenant:tenant-deny-all", "{explained}");
+    let last = explained["trace"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["rule_id"], "tenant", "{explained}");
+    assert_eq!(last["decisive"], true, "{explained}");
+    let simulated: Value = gw.post(ACME_ADMIN, None, "/api/v1/policy/simulate", &request).json().unwrap();
+    assert_eq!(simulated["ruleId"], "tenant:tenant-deny-all", "{simulated}");
+    let theirs: Value = gw.post(GLOBEX, None, "/api/v1/policy/explain", &request).json().unwrap();
+    assert_eq!(theirs["decision"], "DECISION_TYPE_ALLOW", "{theirs}");
     // globex: untouched, and it cannot see acme's component.
     let (status, body) = gw.submit(GLOBEX, None, echo("globex"));
     assert_eq!(status, 200, "{body}");

@@ -95,6 +95,9 @@ fn pools(app: &App) -> &PoolManager {
     &app.pools
 }
 
+/// Pools are shared by every tenant: only an operator key changes them.
+const POOLS_SHARED: &str = "pools are shared by every tenant; only an operator key may change them";
+
 pub async fn list_pools(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Items<PoolView>>, ApiError> {
     caller.require_admin()?;
     let items = pools(&app).list().into_iter().map(|v| render(v, &caller)).collect();
@@ -117,7 +120,7 @@ pub async fn create_pool(
     Path(name): Path<String>,
     body: Result<StrictJson<CreatePool>, ApiError>,
 ) -> Result<Response, ApiError> {
-    caller.require_admin()?;
+    caller.require_operator(POOLS_SHARED)?;
     let StrictJson(body) = body?;
     let mut config = PoolConfig::new(name, body.packs, body.max_concurrency);
     config.max_memory_bytes = body.max_memory_bytes;
@@ -132,7 +135,7 @@ pub async fn update_pool(
     Path(name): Path<String>,
     body: Result<StrictJson<UpdatePool>, ApiError>,
 ) -> Result<Json<PoolView>, ApiError> {
-    caller.require_admin()?;
+    caller.require_operator(POOLS_SHARED)?;
     let StrictJson(body) = body?;
     let patch = PoolPatch {
         packs: body.packs,
@@ -151,7 +154,7 @@ pub async fn drain_pool(
     Path(name): Path<String>,
     body: Result<JsonOrEmpty<DrainPool>, ApiError>,
 ) -> Result<Response, ApiError> {
-    caller.require_admin()?;
+    caller.require_operator(POOLS_SHARED)?;
     let JsonOrEmpty(DrainPool {}) = body?;
     let progress = pools(&app).drain(&name).await.map_err(pool_error)?;
     Ok(Json(progress).into_response())

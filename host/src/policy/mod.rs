@@ -275,10 +275,11 @@ impl PolicyService {
         mode: VelocityMode,
         mut trace: Option<&mut Vec<TraceEntry>>,
     ) -> PolicyDecision {
-        if snapshot.components.is_empty() {
+        let Some(tenants) = self.tenants.get() else { return decision };
+        let has_own = tenants.has(tenant);
+        if snapshot.components.is_empty() && !has_own {
             return decision;
         }
-        let Some(tenants) = self.tenants.get() else { return decision };
         let rules = snapshot.bundles_with_base(self.base.as_ref());
         for r in snapshot.components() {
             let before = (decision.decision, decision.rule_id.clone());
@@ -291,31 +292,17 @@ impl PolicyService {
                 decision,
                 (&self.velocity, mode),
             );
-            let changed = (decision.decision, decision.rule_id.clone()) != before;
-            if let Some(t) = trace.as_deref_mut() {
-                if changed {
-                    t.iter_mut().for_each(|e| e.decisive = false);
-                }
-                t.push(TraceEntry {
-                    rule_id: r.name.clone(),
-                    position: t.len() as u32,
-                    matched: changed,
-                    decisive: changed,
-                    detail: if changed {
-                        format!(
-                            "policy component {}: tightened to {} (rule {})",
-                            &r.digest[..12],
-                            decision.decision.as_str(),
-                            decision.rule_id
-                        )
-                    } else {
-                        format!("policy component {}: no stricter decision", &r.digest[..12])
-                    },
-                });
-            }
+            let what = format!("policy component {}", &r.digest[..12]);
+            note_component(trace.as_deref_mut(), &r.name, &what, before, &decision);
             if decision.decision == DecisionKind::Deny {
                 break;
             }
+        }
+        // The tenant's own component comes last and may only tighten.
+        if has_own && decision.decision != DecisionKind::Deny {
+            let before = (decision.decision, decision.rule_id.clone());
+            decision = tenants.tighten(tenant, (&snapshot.id, &rules), request, decision, (&self.velocity, mode));
+            note_component(trace, "tenant", "the tenant's policy component", before, &decision);
         }
         decision
     }
@@ -515,15 +502,7 @@ impl PolicyService {
         let (decision, snapshot) = self
             .with_instance(tenant, mode, |i| i.bindings.cordum_policy_evaluator().call_evaluate(&mut i.store, &req))?;
         let decision = PolicyDecision::from_wit(decision, &snapshot.id);
-        let decision = self.apply_components(tenant, &snapshot, request, decision, mode, None);
-        Ok(match self.tenants.get() {
-            // Only tenants with a component of their own pay for the copy of the rules.
-            Some(tenants) if tenants.has(tenant) => {
-                let bundles = snapshot.bundles_with_base(self.base.as_ref());
-                tenants.tighten(tenant, (&snapshot.id, &bundles), request, decision, (&self.velocity, mode))
-            }
-            _ => decision,
-        })
+        Ok(self.apply_components(tenant, &snapshot, request, decision, mode, None))
     }
 
     /// Install the per-tenant components consulted after the rules.
@@ -557,6 +536,33 @@ impl PolicyService {
             self.apply_components(tenant, &snapshot, request, decision, VelocityMode::DryRun, Some(&mut trace));
         Ok((decision, trace, explanation.defaulted))
     }
+}
+
+/// Add a component's step to an explain trace: decisive (and every earlier
+/// entry no longer so) when it changed the decision.
+fn note_component(
+    trace: Option<&mut Vec<TraceEntry>>,
+    rule_id: &str,
+    what: &str,
+    before: (DecisionKind, String),
+    after: &PolicyDecision,
+) {
+    let Some(trace) = trace else { return };
+    let changed = (after.decision, after.rule_id.clone()) != before;
+    if changed {
+        trace.iter_mut().for_each(|e| e.decisive = false);
+    }
+    trace.push(TraceEntry {
+        rule_id: rule_id.to_string(),
+        position: trace.len() as u32,
+        matched: changed,
+        decisive: changed,
+        detail: if changed {
+            format!("{what}: tightened to {} (rule {})", after.decision.as_str(), after.rule_id)
+        } else {
+            format!("{what}: no stricter decision")
+        },
+    });
 }
 
 impl PolicySnapshot {
