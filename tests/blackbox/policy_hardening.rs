@@ -84,6 +84,12 @@ fn a_policy_too_big_for_the_plugin_limits_is_refused_before_it_is_live() {
     let err = assert_envelope(put(&gw, "/api/v1/policy/bundles/big/one", &json!({"content": rules("a", 4000)})), 400);
     assert_eq!(err["code"], "POLICY_VALIDATION_FAILED");
     assert!(err["error"].as_str().unwrap().contains("limits"), "{err}");
+    // The same as an inline draft of a dry run: a validation error, not 502.
+    let inline = json!({"topic": "job.hello-pack.echo", "bundles": [{"id": "big/one", "content": rules("a", 4000)}]});
+    for route in ["/api/v1/policy/simulate", "/api/v1/policy/explain"] {
+        let err = assert_envelope(gw.post(ADMIN, None, route, &inline), 400);
+        assert_eq!(err["code"], "POLICY_VALIDATION_FAILED", "{route}: {err}");
+    }
     // Each half fits, both together do not: refused at publish.
     ok(put(&gw, "/api/v1/policy/bundles/big/half1", &json!({"content": rules("b", 3000)})));
     ok(put(&gw, "/api/v1/policy/bundles/big/half2", &json!({"content": rules("c", 3000)})));

@@ -323,13 +323,6 @@ impl PolicyService {
     /// cannot be loaded (too big for the memory cap, too slow for the
     /// deadline) is refused here instead of failing every evaluation later.
     pub fn check_loadable(&self, bundles: &[(String, String)]) -> Result<Vec<Diagnostic>, PolicyError> {
-        let not_loadable = |why: String| Diagnostic {
-            // The policy as a whole, not one bundle, does not fit.
-            bundle_id: "*".into(),
-            line: 0,
-            column: 0,
-            message: format!("the policy does not load within the policy plugin's limits: {why}"),
-        };
         let diags = match self.check(bundles) {
             Ok(diags) => diags,
             // Even parsing it ran out of memory or time.
@@ -377,10 +370,17 @@ impl PolicyService {
             .collect();
         let mut instance = self.instantiate("system")?;
         self.runtime.arm(&mut instance.store, self.limits);
+        // A draft too big or too slow to load is the draft's fault: say so
+        // as a validation error, as saving it would.
         match instance.bindings.cordum_policy_evaluator().call_load(&mut instance.store, &wit_bundles) {
             Ok(Ok(_)) => Ok((instance, draft)),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(self.runtime.classify(&instance.store, self.limits, e).into()),
+            Ok(Err(e)) => match PolicyError::from(e) {
+                PolicyError::InvalidBundle(d) => Err(PolicyError::InvalidBundle(d)),
+                other => Err(PolicyError::InvalidBundle(vec![not_loadable(other.to_string())])),
+            },
+            Err(e) => Err(PolicyError::InvalidBundle(vec![not_loadable(
+                self.runtime.classify(&instance.store, self.limits, e).to_string(),
+            )])),
         }
     }
 
@@ -535,6 +535,17 @@ impl PolicyService {
         let decision =
             self.apply_components(tenant, &snapshot, request, decision, VelocityMode::DryRun, Some(&mut trace));
         Ok((decision, trace, explanation.defaulted))
+    }
+}
+
+/// The diagnostic of a policy that parses but does not fit the policy
+/// plugin's memory or time: the policy as a whole, not one bundle.
+fn not_loadable(why: String) -> Diagnostic {
+    Diagnostic {
+        bundle_id: "*".into(),
+        line: 0,
+        column: 0,
+        message: format!("the policy does not load within the policy plugin's limits: {why}"),
     }
 }
 
