@@ -124,6 +124,10 @@ fn publish_denies_at_once_and_rollback_restores() {
     }
     assert_eq!(paged, full);
     assert_envelope(gw.get(ADMIN, None, "/api/v1/policy/snapshots?limt=1"), 400);
+    for bad in ["cursor=garbage", "limit=0", "limit=abc"] {
+        let env = assert_envelope(gw.get(ADMIN, None, &format!("/api/v1/policy/snapshots?{bad}")), 400);
+        assert_eq!(env["code"], "invalid_query", "{bad}: {env}");
+    }
     assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/rollback", &json!({"snapshot_id": "cfg:nope"})), 404);
     assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/rollback", &json!({"snapshot": "x"})), 400);
 }
@@ -359,6 +363,18 @@ fn a_component_bundle_puts_a_registered_policy_component_into_the_policy() {
     // Operators only; the component must implement cordum:policy.
     assert_envelope(register(ACME_ADMIN, wasm.clone()), 403);
     assert_envelope(register(ADMIN, b"not wasm".to_vec()), 400);
+    // A name goes into YAML the caller pastes back: plain names only.
+    for bad in ["a%0A%20%20digest%3A%20deadbeef", "..%2F..%2Fx", &"n".repeat(200)] {
+        let resp = gw
+            .client
+            .post(gw.url(&format!("/api/v1/policy/components?name={bad}")))
+            .header("X-API-Key", ADMIN)
+            .header("Content-Type", "application/wasm")
+            .body(wasm.clone())
+            .send()
+            .unwrap();
+        assert_eq!(assert_envelope(resp, 400)["field"], "name", "{bad}");
+    }
     let record = json_of(register(ADMIN, wasm));
     let digest = record["digest"].as_str().unwrap().to_string();
     let content = record["bundle_content"].as_str().unwrap().to_string();

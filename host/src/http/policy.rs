@@ -333,10 +333,21 @@ pub async fn register_shared_component(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_operator(super::policy_bundles::POLICY_IS_SHARED)?;
-    let axum::extract::Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = super::jobs::query(query)?;
+    let name = query.name.trim();
+    let valid_name = name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with('.');
+    if !valid_name {
+        return Err(ApiError::bad_request(
+            "name: at most 128 letters, digits and ._- (not starting with a dot)".to_string(),
+        )
+        .code("invalid_query")
+        .with("field", "name"));
+    }
     let bundles = app.policy.active_bundles();
     let record = tenant_policies(&app)?
-        .register_shared(&body, query.name.trim(), &bundles, &caller.actor())
+        .register_shared(&body, name, &bundles, &caller.actor())
         .await
         .map_err(tenant_policy_error)?;
     let bundle = format!(

@@ -262,13 +262,32 @@ pub struct HistoryQuery {
     cursor: Option<String>,
 }
 
+/// A history cursor is a history position: 20 digits, `-`, 4 hex digits.
+fn valid_history_cursor(cursor: &str) -> bool {
+    match cursor.split_once('-') {
+        Some((time, salt)) => {
+            time.len() == 20
+                && time.bytes().all(|b| b.is_ascii_digit())
+                && salt.len() == 4
+                && salt.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
+}
+
 async fn history_json(app: &App, query: HistoryQuery) -> Result<Value, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 500);
-    let (items, next) = app
-        .policy
-        .history_page(query.cursor.as_deref().filter(|c| !c.is_empty()), limit)
-        .await
-        .map_err(bundle_error)?;
+    let limit = match query.limit {
+        Some(0) => return Err(ApiError::bad_request("limit must be between 1 and 500").code("invalid_query")),
+        limit => limit.unwrap_or(100).min(500),
+    };
+    let cursor = query.cursor.as_deref().filter(|c| !c.is_empty());
+    if let Some(c) = cursor.filter(|c| !valid_history_cursor(c)) {
+        return Err(ApiError::bad_request(format!(
+            "invalid cursor {c:?}: pass back a next_cursor this listing returned"
+        ))
+        .code("invalid_query"));
+    }
+    let (items, next) = app.policy.history_page(cursor, limit).await.map_err(bundle_error)?;
     let mut ids: Vec<String> = Vec::new();
     for h in &items {
         if !ids.contains(&h.snapshot_id) {
@@ -290,7 +309,7 @@ pub async fn snapshots(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = super::jobs::query(query)?;
     history_json(&app, query).await.map(Json)
 }
 
