@@ -96,24 +96,43 @@ pub async fn install(State(app): State<Arc<App>>, caller: Caller, req: Request) 
         let mut form = Multipart::from_request(req, &()).await.map_err(|_| invalid("invalid multipart form"))?;
         let mut bundle = None;
         let mut upgrade = query_upgrade;
+        // The first refusal is answered once the whole form is read: a
+        // client still sending must not see its connection cut.
+        let mut refused: Option<ApiError> = None;
         while let Some(field) = form.next_field().await.map_err(|e| invalid(&format!("invalid multipart form: {e}")))? {
             let name = field.name().unwrap_or("").to_string();
-            match name.as_str() {
-                "bundle" => {
-                    if bundle.is_some() {
-                        return Err(invalid("one bundle per install: the form holds two").with("field", "bundle"));
-                    }
-                    let bytes = field.bytes().await.map_err(|e| invalid(&format!("bundle: {e}")))?;
-                    bundle = Some(bytes);
-                }
-                "upgrade" => upgrade = flag("upgrade", &field.text().await.unwrap_or_default())?,
-                "force" | "inactive" => {
-                    if flag(&name, &field.text().await.unwrap_or_default())? {
-                        return Err(invalid(&format!("{name} is not supported")).with("field", name.as_str()));
-                    }
-                }
-                other => return Err(invalid(&format!("unknown form field {other:?}")).with("field", other)),
+            if refused.is_some() {
+                let _ = field.bytes().await;
+                continue;
             }
+            let outcome = match name.as_str() {
+                "bundle" if bundle.is_some() => {
+                    let _ = field.bytes().await;
+                    Err(invalid("one bundle per install: the form holds two").with("field", "bundle"))
+                }
+                "bundle" => match field.bytes().await {
+                    Ok(bytes) => {
+                        bundle = Some(bytes);
+                        Ok(())
+                    }
+                    Err(e) => return Err(invalid(&format!("bundle: {e}"))),
+                },
+                "upgrade" => flag("upgrade", &field.text().await.unwrap_or_default()).map(|f| upgrade = f),
+                "force" | "inactive" => match flag(&name, &field.text().await.unwrap_or_default()) {
+                    Ok(true) => Err(invalid(&format!("{name} is not supported")).with("field", name.as_str())),
+                    other => other.map(|_| ()),
+                },
+                other => {
+                    let _ = field.bytes().await;
+                    Err(invalid(&format!("unknown form field {other:?}")).with("field", other))
+                }
+            };
+            if let Err(e) = outcome {
+                refused = Some(e);
+            }
+        }
+        if let Some(e) = refused {
+            return Err(e);
         }
         (bundle.ok_or_else(|| invalid("bundle file required"))?, upgrade)
     } else if matches!(
