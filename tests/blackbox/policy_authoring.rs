@@ -213,6 +213,11 @@ fn simulate_and_explain_with_drafts_change_nothing() {
         &json!({"request": {"topic": "job.hello-pack.echo"}}),
     ));
     assert_eq!(per_bundle["ruleId"], "stop-hello");
+    // A bundle that does not exist is named as such, not silently skipped.
+    let req = json!({"request": {"topic": "job.hello-pack.echo"}});
+    assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/bundles/nope/none/simulate", &req), 404);
+    let publish_missing = json!({"bundle_ids": ["nope/none"]});
+    assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/publish", &publish_missing), 404);
     // Nothing moved: same active snapshot, same history, the job still runs.
     assert_eq!(active_snapshot(&gw), before);
     let history_after = json_of(gw.get(ADMIN, None, "/api/v1/policy/snapshots"))["items"].as_array().unwrap().len();

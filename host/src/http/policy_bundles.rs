@@ -189,7 +189,8 @@ pub async fn post(
     };
     let content = match body.content {
         Some(c) => Some(c),
-        None => app.policy.get_bundle(&id).await.ok().and_then(|v| v.content),
+        // No content: the stored bundle (its draft if any); none is a 404.
+        None => app.policy.get_bundle(&id).await.map_err(bundle_error)?.content,
     };
     let mut request = body.request;
     let mut inline = request.bundles.take().unwrap_or_default();

@@ -355,6 +355,10 @@ impl PolicyService {
             let head = self.store().get(HEAD_KEY).await?.map(|h| h.revision).unwrap_or(0);
             let live = self.live_map().await?;
             let drafts = self.drafts().await?;
+            // A named bundle that is neither live nor drafted is a mistake, not a no-op.
+            if only.iter().any(|id| !live.contains_key(id) && !drafts.iter().any(|(d, _)| d == id)) {
+                return Err(BundleError::NotFound);
+            }
             let targets: Vec<&(u64, Draft)> =
                 drafts.iter().filter(|(id, _)| only.is_empty() || only.contains(id)).map(|(_, d)| d).collect();
             let before: BTreeMap<String, StoredBundle> =
