@@ -535,3 +535,29 @@ fn jobs_in_flight_survive_a_kill() {
         job["history"].as_array().unwrap().iter().filter_map(|h| h["note"].as_str().map(str::to_string)).collect();
     assert!(notes.iter().any(|n| n.contains("restarted")), "{job}");
 }
+
+/// One key listed with two meanings (twice in CORDUM_API_KEYS, or as the
+/// bootstrap key too) refuses to start instead of letting the last win.
+#[test]
+fn ambiguous_key_configuration_is_a_clear_start_error() {
+    for (key, keys) in [
+        (None, "tenq:ck_same_key_1:admin,tenr:ck_same_key_1:viewer"),
+        (Some("ck_dup_bootstrap"), "tenx:ck_dup_bootstrap:viewer"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(harness::BIN);
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("d"))
+            .env("CORDUM_LOG", "error")
+            .env("CORDUM_API_KEYS", keys)
+            .env_remove("CORDUM_API_KEY");
+        if let Some(k) = key {
+            cmd.env("CORDUM_API_KEY", k);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{keys}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CORDUM_API_KEY"), "{keys}: {err}");
+        assert!(!err.contains("ck_same_key_1") && !err.contains("ck_dup_bootstrap"), "no secret echoed: {err}");
+    }
+}

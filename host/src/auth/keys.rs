@@ -178,9 +178,22 @@ impl AuthService {
         env_keys: Option<&str>,
         default_tenant: &str,
     ) -> Result<(Self, Bootstrap), String> {
-        let static_keys = parse_static_keys(env_keys.unwrap_or(""), default_tenant)?.into_iter().collect();
+        let listed = parse_static_keys(env_keys.unwrap_or(""), default_tenant)?;
+        let mut static_keys: HashMap<String, KeyRecord> = HashMap::new();
+        for (d, record) in listed {
+            // One key, two meanings: refuse rather than let the last one win.
+            if static_keys.insert(d, record).is_some() {
+                return Err("CORDUM_API_KEYS: the same key is listed twice".to_string());
+            }
+        }
         let service = Self { store, static_keys, default_tenant: default_tenant.to_string() };
         let outcome = match env_key.map(str::trim).filter(|k| !k.is_empty()) {
+            Some(key) if service.static_keys.contains_key(&digest(key)) => {
+                return Err(
+                    "CORDUM_API_KEY is also listed in CORDUM_API_KEYS; give the bootstrap key a key of its own"
+                        .to_string(),
+                );
+            }
             Some(key) => {
                 service.register_bootstrap(key, "env").await?;
                 Bootstrap::FromEnv
