@@ -514,6 +514,12 @@ fn policy_evaluate_and_explain_use_the_policy_component() {
     // Strict body, admin only, tenant checked.
     assert_envelope(gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({"topic": "job.a.b", "bogus": 1})), 400);
     assert_envelope(gw.post(ACME, None, "/api/v1/policy/evaluate", &json!({"topic": "job.a.b"})), 403);
+    let many: serde_json::Map<String, Value> = (0..51).map(|i| (format!("l{i}"), json!("v"))).collect();
+    let env = assert_envelope(
+        gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({"topic": "job.a.b", "labels": many})),
+        400,
+    );
+    assert_eq!(env["field"], "labels");
     assert_envelope(
         gw.post(ADMIN, None, "/api/v1/policy/evaluate", &json!({"topic": "job.a.b", "tenant": "acme"})),
         403,

@@ -157,6 +157,12 @@ fn to_request(caller: &Caller, body: EvaluateBody) -> Result<PolicyRequest, ApiE
     if !body.workflow_id.is_empty() {
         labels.entry("workflow_id".into()).or_insert(body.workflow_id);
     }
+    // The same bounds as a job's labels: a check answers for what a job could carry.
+    if labels.len() > crate::jobs::submit::MAX_LABELS {
+        return Err(ApiError::bad_request(format!("at most {} labels", crate::jobs::submit::MAX_LABELS))
+            .code("invalid_request")
+            .with("field", "labels"));
+    }
     Ok(PolicyRequest {
         job_id: body.job_id,
         topic: body.topic.trim().to_string(),

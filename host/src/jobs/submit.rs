@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-const MAX_LABELS: usize = 50;
+pub const MAX_LABELS: usize = 50;
 /// Store error text of a submit whose job id exists already.
 pub(super) const ID_COLLISION: &str = "job id collision";
 const MAX_TAGS: usize = 50;
