@@ -138,6 +138,16 @@ impl Gateway {
         req.send().unwrap()
     }
 
+    /// PUT `body` as `key` (the key's own tenant).
+    pub fn put(&self, key: &str, path: &str, body: &Value) -> Response {
+        self.client.put(self.url(path)).header("X-API-Key", key).json(body).send().unwrap()
+    }
+
+    /// PATCH `body` as `key` (the key's own tenant).
+    pub fn patch(&self, key: &str, path: &str, body: &Value) -> Response {
+        self.client.patch(self.url(path)).header("X-API-Key", key).json(body).send().unwrap()
+    }
+
     pub fn get(&self, key: &str, tenant: Option<&str>, path: &str) -> Response {
         let mut req = self.client.get(self.url(path)).header("X-API-Key", key);
         if let Some(t) = tenant {
@@ -191,6 +201,15 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Run `call(i)` for `i` in `0..n` on `n` threads at once; the answers in order.
+pub fn parallel<T: Send>(n: usize, call: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let call = &call;
+        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || call(i))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
 /// Assert the error envelope and return it.

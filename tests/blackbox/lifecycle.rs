@@ -1,7 +1,7 @@
 //! Job lifecycle: cancel, retries and the DLQ, remediation, approvals,
 //! listing.
 
-use super::harness::{Gateway, Options, assert_envelope};
+use super::harness::{Gateway, Options, assert_envelope, parallel};
 use super::{ACME, ACME_ADMIN, ADMIN, GLOBEX, WAIT, echo, keys_env};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -129,16 +129,9 @@ fn retries_back_off_then_the_dlq_takes_it_and_one_retry_wins() {
     assert_envelope(gw.post(GLOBEX, None, &format!("/api/v1/dlq/{id}/retry"), &json!({})), 404);
 
     // Five parallel retries: exactly one new job, every caller told its id.
-    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..5)
-            .map(|_| {
-                s.spawn(|| {
-                    let r = gw.post(ACME_ADMIN, None, &format!("/api/v1/dlq/{id}/retry"), &json!({}));
-                    (r.status().as_u16(), r.json::<Value>().unwrap())
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let answers: Vec<(u16, Value)> = parallel(5, |_| {
+        let r = gw.post(ACME_ADMIN, None, &format!("/api/v1/dlq/{id}/retry"), &json!({}));
+        (r.status().as_u16(), r.json::<Value>().unwrap())
     });
     let ids: std::collections::HashSet<String> = answers
         .iter()
@@ -353,16 +346,9 @@ fn approve_and_repair_racing_on_one_held_job_let_exactly_one_act() {
     // Parallel repairs of one job: one replacement; the others are told so.
     let (_, held) = gw.submit(ACME, None, json!({"topic": "job.hostile-pack.echo", "input": {"v": "many"}}));
     let id = held["job_id"].as_str().unwrap().to_string();
-    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    let r = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{id}/repair"), &json!({}));
-                    (r.status().as_u16(), r.json::<Value>().unwrap())
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let answers: Vec<(u16, Value)> = parallel(4, |_| {
+        let r = gw.post(ACME_ADMIN, None, &format!("/api/v1/approvals/{id}/repair"), &json!({}));
+        (r.status().as_u16(), r.json::<Value>().unwrap())
     });
     assert_eq!(answers.iter().filter(|(s, _)| *s == 200).count(), 1, "{answers:?}");
     for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
@@ -429,18 +415,11 @@ fn remediation_resubmits_a_linked_job() {
     assert_eq!(new["links"]["remediation_of"], id.as_str());
     assert_eq!(new["labels"]["remediation_id"], "use-hello");
     // Remediating again, or several times at once, makes no second job.
-    let again: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    let body = json!({"remediation_id": "use-hello"});
-                    let r = gw.post(ADMIN, None, &format!("/api/v1/jobs/{id}/remediate"), &body);
-                    assert_eq!(r.status().as_u16(), 200);
-                    r.json::<Value>().unwrap()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let again: Vec<Value> = parallel(4, |_| {
+        let body = json!({"remediation_id": "use-hello"});
+        let r = gw.post(ADMIN, None, &format!("/api/v1/jobs/{id}/remediate"), &body);
+        assert_eq!(r.status().as_u16(), 200);
+        r.json::<Value>().unwrap()
     });
     for answer in &again {
         assert_eq!(answer["job_id"], new_id.as_str(), "{answer}");
@@ -524,21 +503,9 @@ fn draining_a_pool_starts_nothing_new_and_finishes_in_flight_jobs() {
     // Pools are shared: a tenant's admin cannot drain or reshape them.
     let env = assert_envelope(gw.post(ACME_ADMIN, None, "/api/v1/pools/hostile-pack/drain", &json!({})), 403);
     assert_eq!(env["code"], "operator_required");
-    let patch = gw
-        .client
-        .patch(gw.url("/api/v1/pools/hello-pack"))
-        .header("X-API-Key", ACME_ADMIN)
-        .json(&json!({"max_memory_bytes": 65536}))
-        .send()
-        .unwrap();
+    let patch = gw.patch(ACME_ADMIN, "/api/v1/pools/hello-pack", &json!({"max_memory_bytes": 65536}));
     assert_eq!(assert_envelope(patch, 403)["code"], "operator_required");
-    let put = gw
-        .client
-        .put(gw.url("/api/v1/pools/mine"))
-        .header("X-API-Key", ACME_ADMIN)
-        .json(&json!({"packs": ["hello-pack"]}))
-        .send()
-        .unwrap();
+    let put = gw.put(ACME_ADMIN, "/api/v1/pools/mine", &json!({"packs": ["hello-pack"]}));
     assert_eq!(assert_envelope(put, 403)["code"], "operator_required");
     let resp = gw.post(ADMIN, None, "/api/v1/pools/hostile-pack/drain", &json!({}));
     assert_eq!(resp.status().as_u16(), 200);

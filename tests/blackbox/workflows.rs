@@ -1,7 +1,7 @@
 //! Workflows: definitions, runs executed by the gateway, timelines, cancel,
 //! rerun, restart recovery and tenant isolation.
 
-use super::harness::{Gateway, Options, assert_envelope};
+use super::harness::{Gateway, Options, assert_envelope, parallel};
 use super::{ACME_ADMIN, ADMIN, DENY_POLICY, GLOBEX, WAIT, keys_env};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -284,10 +284,7 @@ fn denied_step_fails_the_run_and_a_rerun_reuses_earlier_outputs() {
             .unwrap();
         (r.status().as_u16(), r.json::<Value>().unwrap())
     };
-    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| rerun_keyed("third"))).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers: Vec<(u16, Value)> = parallel(4, |_| rerun_keyed("third"));
     let first = answers[0].1["run_id"].clone();
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");

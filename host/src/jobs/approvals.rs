@@ -14,7 +14,6 @@ use super::steps::is_gate;
 use super::submit::{JobError, JobService, SubmitExtras, SubmitOutcome};
 use crate::auth::AuthContext;
 use crate::policy::{DecisionKind, PolicyRequest};
-use crate::store::Op;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
@@ -210,7 +209,6 @@ impl JobService {
         if job.state != JobState::ApprovalRequired {
             return Err(not_awaiting(&job));
         }
-        self.run_open_guard(&job).await?;
         let snapshot = self.policy.active().id.clone();
         let record = self.approval_record(caller, "rejected", reason, note, &snapshot);
         let message = if reason.trim().is_empty() { "rejected by approver".to_string() } else { reason.to_string() };
@@ -344,12 +342,10 @@ impl JobService {
             closed.approval = Some(self.approval_record(caller, "repaired", "", note, &self.policy.active().id));
             let _ = closed.transition(JobState::Cancelled, Some(format!("repaired as {new_id}")));
         }
-        let mut ops = vec![Op::PutIfAbsent { key: format!("repair:{tenant}:{id}"), value: b"1".to_vec(), ttl: None }];
-        ops.extend(JobRepo::replace_ops(&closed, revision));
         let extras = SubmitExtras {
             labels: BTreeMap::from([("repair_of".to_string(), job.id.clone())]),
             links: JobLinks { repair_of: Some(job.id.clone()), ..Default::default() },
-            ops,
+            ops: JobRepo::replace_ops(&closed, revision),
             job_id: Some(new_id),
             resubmission: true,
         };
